@@ -1,0 +1,102 @@
+"""GRPOConfig: every knob of the GRPO trainer, documented where it is defined.
+
+Names follow TRL's ``GRPOConfig`` where it has one (``num_generations`` is our ``group_size``,
+``loss_type`` our ``loss_aggregation``, ``num_iterations`` is μ), so recipes read familiar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class LoraSettings:
+    """LoRA via peft. With LoRA the KL reference is the adapter-disabled base: no second model copy."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+    def __post_init__(self):
+        if self.r < 1:
+            raise ValueError(f"lora.r: must be ≥ 1, got {self.r}")
+
+
+@dataclass
+class GRPOConfig:
+    # --- how much work per step -----------------------------------------------------------
+    steps: int = 100  # GRPO steps; each samples a fresh batch of rollouts
+    prompts_per_step: int = 4  # B: distinct prompts per step
+    group_size: int = 8  # G: completions per prompt (TRL: num_generations); the baseline is their mean
+
+    # --- sampling ---------------------------------------------------------------------------
+    max_new_tokens: int = 128  # completion budget; longer ones are cut (and count as truncated)
+    temperature: float = 1.0  # also divides the logits when log-probabilities are recomputed
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    max_prompt_length: int | None = None  # prompts longer than this (tokens) are dropped, with a count
+    rollout_engine: str = "hf"  # registered rollout engine (grpo/rollout.py)
+
+    # --- the objective ----------------------------------------------------------------------
+    advantage_estimator: str = "grpo"  # grpo | dr_grpo | batch_std (grpo/advantages.py)
+    reward_std_eps: float = 1e-4  # ε in (r − mean) / (std + ε)
+    loss_aggregation: str = "grpo"  # grpo | bnpo | dapo | dr_grpo (grpo/loss.py; TRL: loss_type)
+    epsilon_low: float = 0.2  # clip range below 1 for the importance ratio
+    epsilon_high: float | None = None  # clip range above 1 (DAPO's clip-higher); None = epsilon_low
+    num_iterations: int = 1  # μ: optimisation passes over each batch of rollouts
+    beta: float = 0.04  # KL coefficient, in the loss; 0 loads no reference model
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no gradient (DAPO)
+
+    # --- optimisation -----------------------------------------------------------------------
+    learning_rate: float = 1e-6
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "constant"  # after warmup
+    warmup_steps: int = 0  # optimiser steps of linear warmup
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.99
+    max_grad_norm: float | None = 1.0  # clip the gradient norm; None = no clipping
+    gradient_accumulation_steps: int = 1  # split the B×G rows into this many micro-batches per optimiser step
+    gradient_checkpointing: bool = False
+    lora: LoraSettings | None = None
+
+    # --- bookkeeping ------------------------------------------------------------------------
+    save_every: int = 50  # checkpoint every N steps (and always at the end)
+    keep_checkpoints: int = 2  # most recent checkpoints kept on disk
+    log_completions: int = 4  # completions per step written to completions.jsonl
+    progress: bool = True  # show a progress bar
+
+    def __post_init__(self):
+        # Messages are "field: what was expected" so from_dict can prefix the recipe path.
+        if self.group_size < 2:
+            raise ValueError(f"group_size: must be ≥ 2 (the group mean is the baseline), got {self.group_size}")
+        for name in ("steps", "prompts_per_step", "max_new_tokens", "num_iterations", "gradient_accumulation_steps", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be ≥ 1, got {getattr(self, name)}")
+        rows = self.prompts_per_step * self.group_size
+        if rows % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"gradient_accumulation_steps: must divide prompts_per_step × group_size = {rows}, got {self.gradient_accumulation_steps}"
+            )
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature: must be > 0, got {self.temperature}")
+        if self.beta < 0:
+            raise ValueError(f"beta: must be ≥ 0, got {self.beta}")
+        if self.epsilon_high is None:
+            self.epsilon_high = self.epsilon_low
+        # Registries live in their modules; checked here so a typo fails at load, not at step 1.
+        from grpo.advantages import ADVANTAGE_ESTIMATORS
+        from grpo.loss import AGGREGATIONS
+
+        for name, registry in (("advantage_estimator", ADVANTAGE_ESTIMATORS), ("loss_aggregation", AGGREGATIONS)):
+            value = getattr(self, name)
+            if value not in registry:
+                raise ValueError(f"{name}: expected one of {', '.join(map(repr, registry))}, got {value!r}")
+
+    @property
+    def rows_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size

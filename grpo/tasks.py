@@ -1,0 +1,310 @@
+"""Built-in synthetic tasks with verifiable answers.
+
+A task turns ``(n, seed, language, **options)`` into ``n`` rows of the form
+``{"prompt": str, "solution": str, "language": str, "task": str, ...}``. Rows are a pure
+function of the arguments (each task draws from its own ``random.Random(seed)``), so the same
+``synthetic:<task>`` data spec always yields the same rows.
+
+Languages: ``"en"`` (English prompts), ``"zh"`` (prompts written in Chinese) and ``"mixed"``
+(rows alternate en, zh, en, zh, ...; the ``language`` column says which one each row is).
+
+Built-in tasks:
+
+``arithmetic``
+    "What is 23 + 48?" with the exact integer result as the solution.
+``countdown``
+    Reach a target number from 3-4 given numbers with + - * / and parentheses, each number used
+    at most once. ``solution`` holds the target, ``numbers`` the list of numbers and
+    ``expression`` one expression that reaches the target (the instance is solvable by
+    construction). The matching reward is ``countdown`` in ``rewards/countdown.py``.
+
+Add your own with the decorator::
+
+    from grpo.tasks import register_task
+
+    @register_task("copy", description="repeat a word")
+    def copy_task(n, seed, language="en", **options):
+        ...
+        return rows
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+__all__ = ["Task", "register_task", "get_task", "list_tasks", "LANGUAGES"]
+
+#: Values accepted for ``language`` by every built-in task.
+LANGUAGES = ("en", "zh", "mixed")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A registered task: ``generate(n, seed, language="en", **options) -> list[dict]``."""
+
+    name: str
+    generate: Callable[..., list[dict]]
+    description: str = ""
+
+    def options(self) -> list[str] | None:
+        """Names of the keyword options ``generate`` accepts (None when it takes ``**options``)."""
+        params = inspect.signature(self.generate).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    def __call__(self, n: int, seed: int, language: str = "en", **options) -> list[dict]:
+        """Generate rows, after checking ``options`` against the generator's signature."""
+        valid = self.options()
+        if valid is not None:
+            unknown = sorted(set(options) - set(valid))
+            if unknown:
+                raise ValueError(
+                    f"task {self.name!r}: unknown option(s) {', '.join(unknown)}; "
+                    f"valid options: {', '.join(valid) or '(none)'}"
+                )
+        return self.generate(n, seed, language, **options)
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(name: str, description: str = "") -> Callable:
+    """Decorator that registers ``fn(n, seed, language="en", **options)`` under ``name``.
+
+    Registering a name twice replaces the earlier task (so a user module can override a
+    built-in one). The function itself is returned unchanged.
+    """
+
+    def decorator(fn: Callable[..., list[dict]]) -> Callable[..., list[dict]]:
+        lines = (fn.__doc__ or "").strip().splitlines()
+        _TASKS[name] = Task(name=name, generate=fn, description=description or (lines[0] if lines else ""))
+        return fn
+
+    return decorator
+
+
+def get_task(name: str) -> Task:
+    """The task registered under ``name``; ``KeyError`` lists the known tasks."""
+    try:
+        return _TASKS[name]
+    except KeyError:
+        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(list_tasks())}") from None
+
+
+def list_tasks() -> list[str]:
+    """Names of all registered tasks, sorted."""
+    return sorted(_TASKS)
+
+
+# --------------------------------------------------------------------------------------------
+# shared helpers
+
+
+def _languages(n: int, language: str) -> list[str]:
+    """The language of each of ``n`` rows: all the same, or alternating for ``"mixed"``."""
+    if language not in LANGUAGES:
+        raise ValueError(f"language: expected one of {', '.join(LANGUAGES)}, got {language!r}")
+    if language == "mixed":
+        return ["en" if i % 2 == 0 else "zh" for i in range(n)]
+    return [language] * n
+
+
+def _check_n(n: int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n: expected a non-negative integer, got {n!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# arithmetic
+
+_ZH_OP_WORDS = {"+": "加", "-": "减", "*": "乘以"}
+
+
+def _evaluate(terms: list[int], ops: list[str]) -> int:
+    """Exact value of ``t0 op0 t1 op1 t2 ...`` with the usual precedence (* before + -)."""
+    # Fold multiplications first, then add/subtract left to right.
+    values, signs = [terms[0]], []
+    for op, term in zip(ops, terms[1:]):
+        if op == "*":
+            values[-1] *= term
+        else:
+            values.append(term)
+            signs.append(op)
+    total = values[0]
+    for sign, value in zip(signs, values[1:]):
+        total = total + value if sign == "+" else total - value
+    return total
+
+
+def _arithmetic_prompt(expression: str, terms: list[int], ops: list[str], language: str) -> str:
+    if language == "en":
+        return f"What is {expression}?"
+    # Chinese: operator words read naturally ("23 加 48 等于多少？") as long as reading left to
+    # right gives the right value; with mixed precedence the symbols keep it unambiguous.
+    if len(ops) == 1 or "*" not in ops or set(ops) == {"*"}:
+        words = str(terms[0])
+        for op, term in zip(ops, terms[1:]):
+            words += f" {_ZH_OP_WORDS[op]} {term}"
+        return f"{words} 等于多少？"
+    return f"请计算 {expression} 的值。"
+
+
+@register_task("arithmetic", description="integer arithmetic: 'What is 23 + 48?' -> '71'")
+def arithmetic(
+    n: int,
+    seed: int,
+    language: str = "en",
+    *,
+    min_value: int = 1,
+    max_value: int = 100,
+    num_terms: int = 2,
+    ops: str = "+-",
+    allow_negative: bool = True,
+) -> list[dict]:
+    """Integer expressions over ``num_terms`` numbers in ``[min_value, max_value]``.
+
+    ``ops`` is a string of operators drawn from ``+``, ``-`` and ``*`` (``*`` binds tighter, as
+    usual). With ``allow_negative=False`` results below zero are redrawn. Rows carry an extra
+    ``expression`` column (``"23 + 48"``).
+    """
+    _check_n(n)
+    if not ops or set(ops) - set("+-*"):
+        raise ValueError(f"task 'arithmetic': ops must be made of '+', '-' and '*', got {ops!r}")
+    if num_terms < 2:
+        raise ValueError(f"task 'arithmetic': num_terms must be at least 2, got {num_terms}")
+    if min_value > max_value:
+        raise ValueError(f"task 'arithmetic': min_value {min_value} is greater than max_value {max_value}")
+    if not allow_negative and min_value < 0:
+        raise ValueError("task 'arithmetic': allow_negative=false needs min_value >= 0")
+    rng = random.Random(seed)
+    op_choices = sorted(set(ops))
+    rows = []
+    for lang in _languages(n, language):
+        while True:
+            terms = [rng.randint(min_value, max_value) for _ in range(num_terms)]
+            chosen = [rng.choice(op_choices) for _ in range(num_terms - 1)]
+            value = _evaluate(terms, chosen)
+            if allow_negative or value >= 0:
+                break
+        expression = str(terms[0]) + "".join(f" {op} {t}" for op, t in zip(chosen, terms[1:]))
+        rows.append(
+            {
+                "prompt": _arithmetic_prompt(expression, terms, chosen, lang),
+                "solution": str(value),
+                "language": lang,
+                "task": "arithmetic",
+                "expression": expression,
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------------------------
+# countdown
+
+
+def _random_expression(rng: random.Random, numbers: list[int]) -> tuple[str, int] | None:
+    """Combine all ``numbers`` (in the given order) with random operators and bracketing.
+
+    Returns ``(text, value)`` with an integer value, or None when the draw hit an inexact
+    division or a non-positive intermediate (the caller draws again).
+    """
+    # Each item: (text, value, is_atom). Merge two neighbours at a time until one is left.
+    items = [(str(x), x, True) for x in numbers]
+    while len(items) > 1:
+        i = rng.randrange(len(items) - 1)
+        (lt, lv, la), (rt, rv, ra) = items[i], items[i + 1]
+        op = rng.choice("+-*/")
+        if op == "+":
+            value = lv + rv
+        elif op == "-":
+            value = lv - rv
+        elif op == "*":
+            value = lv * rv
+        else:
+            if rv == 0 or lv % rv != 0:
+                return None
+            value = lv // rv
+        if value <= 0:
+            return None
+        left = lt if la else f"({lt})"
+        right = rt if ra else f"({rt})"
+        items[i : i + 2] = [(f"{left} {op} {right}", value, False)]
+    return items[0][0], items[0][1]
+
+
+def _countdown_prompt(numbers: list[int], target: int, language: str) -> str:
+    listed = ", ".join(str(x) for x in numbers)
+    if language == "en":
+        return (
+            f"Numbers: {listed}. Target: {target}. Write one arithmetic expression that equals "
+            f"{target}, using only these numbers (each at most once), the operations + - * / "
+            f"and parentheses. Give the expression as your final answer."
+        )
+    listed_zh = "、".join(str(x) for x in numbers)
+    return (
+        f"给定数字 {listed_zh}，目标是 {target}。请只用这些数字（每个数字最多使用一次）、"
+        f"加减乘除运算符（+ - * /）和括号，写出一个结果等于 {target} 的算式，并把这个算式作为最终答案。"
+    )
+
+
+@register_task("countdown", description="reach a target from 3-4 numbers with + - * /")
+def countdown(
+    n: int,
+    seed: int,
+    language: str = "en",
+    *,
+    min_numbers: int = 3,
+    max_numbers: int = 4,
+    min_value: int = 1,
+    max_value: int = 100,
+    max_target: int = 1000,
+) -> list[dict]:
+    """Solvable Countdown puzzles.
+
+    Draws ``min_numbers``-``max_numbers`` integers in ``[min_value, max_value]``, combines all
+    of them into a random expression whose every intermediate value is a positive integer, and
+    uses its value as the target (kept in ``[1, max_target]`` and different from each given
+    number). The numbers are shown in a shuffled order. Extra columns: ``numbers`` (list of
+    int) and ``expression`` (a reference solution).
+    """
+    _check_n(n)
+    if not 2 <= min_numbers <= max_numbers:
+        raise ValueError(
+            f"task 'countdown': need 2 <= min_numbers <= max_numbers, got {min_numbers} and {max_numbers}"
+        )
+    if not 1 <= min_value <= max_value:
+        raise ValueError(f"task 'countdown': need 1 <= min_value <= max_value, got {min_value} and {max_value}")
+    if max_target < 1:
+        raise ValueError(f"task 'countdown': max_target must be positive, got {max_target}")
+    rng = random.Random(seed)
+    rows = []
+    for lang in _languages(n, language):
+        for _attempt in range(10_000):
+            count = rng.randint(min_numbers, max_numbers)
+            numbers = [rng.randint(min_value, max_value) for _ in range(count)]
+            drawn = _random_expression(rng, numbers)
+            if drawn is None:
+                continue
+            expression, target = drawn
+            if target <= max_target and target not in numbers:
+                break
+        else:  # pragma: no cover - only with very narrow option ranges
+            raise ValueError("task 'countdown': could not build a puzzle with these options; widen the ranges")
+        shown = numbers[:]
+        rng.shuffle(shown)
+        rows.append(
+            {
+                "prompt": _countdown_prompt(shown, target, lang),
+                "solution": str(target),
+                "language": lang,
+                "task": "countdown",
+                "numbers": shown,
+                "expression": expression,
+            }
+        )
+    return rows

@@ -1,0 +1,456 @@
+"""The GRPO trainer: one step, checkpoints and metrics, readable in one sitting.
+
+One step (``GRPOTrainer.step``):
+
+    B prompts ──rollout──▶ B×G completions (+ masks)
+              ──rewards──▶ r[B×G, k] ──weights──▶ r[B×G]
+              ──advantages──▶ A[B×G]                (group mean/std; zero-std groups counted)
+              ──π_old forward (μ > 1), π_ref forward (β > 0), no grad
+              μ × { micro-batches: π_θ forward → policy_loss → backward ; clip ; optimiser step }
+              ──▶ one line of metrics.jsonl, a sample in completions.jsonl
+
+Everything random in a step is drawn from generators seeded by (seed, step): the prompts of step
+k and its samples do not depend on how the run got to step k, so a resumed run reproduces an
+uninterrupted one exactly (on CPU). The math lives in ``advantages.py`` and ``loss.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from grpo.advantages import compute_advantages
+from grpo.config import GRPOConfig
+from grpo.io import append_jsonl, atomic_directory, atomic_write_json, read_jsonl
+from grpo.loss import BatchShape, policy_loss
+from grpo.rollout import Rollout, SamplingParams, get_rollout_engine
+from grpo.scoring import RewardTerm, score_completions
+
+# Metrics that measure the machine rather than the run: left out when comparing runs.
+TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train")
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of everything sampled at ``step`` (large odd multiplier keeps seeds apart)."""
+    return (seed * 1_000_003 + step) % (2**63)
+
+
+class PromptSampler:
+    """Deterministic prompt order: epoch e visits the rows in a permutation seeded by (seed, e).
+
+    ``batch(step)`` gives the rows of a step by random access, so resuming needs no sampler state.
+    """
+
+    def __init__(self, num_rows: int, batch_size: int, seed: int):
+        if num_rows < 1:
+            raise ValueError("the training set is empty")
+        self.num_rows, self.batch_size, self.seed = num_rows, batch_size, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            order = list(range(self.num_rows))
+            random.Random(self.seed * 7919 + epoch).shuffle(order)
+            self._perms = {epoch: order}  # only the current epoch is ever needed again
+        return self._perms[epoch]
+
+    def batch(self, step: int) -> list[int]:
+        start = (step - 1) * self.batch_size  # steps count from 1
+        return [self._perm(i // self.num_rows)[i % self.num_rows] for i in range(start, start + self.batch_size)]
+
+    def epoch(self, step: int) -> float:
+        return step * self.batch_size / self.num_rows
+
+
+def completion_logprobs(model, batch: Rollout, rows: slice, temperature: float, with_entropy: bool = False):
+    """log π(token | prefix) of each completion token, [n, L] (and the mean-free entropy [n, L]).
+
+    Logits are divided by the sampling temperature so the probabilities are those the tokens were
+    sampled from. Positions follow the attention mask, as in ``generate`` with left padding.
+    """
+    prompt_ids, completion_ids = batch.prompt_ids[rows], batch.completion_ids[rows]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention = torch.cat([batch.prompt_mask[rows], batch.completion_mask[rows]], dim=1)
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    L = completion_ids.shape[1]
+    # logits_to_keep=L+1: only the positions that predict completion tokens are projected to the vocab.
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=L + 1).logits
+    logits = logits[:, :-1].float() / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
+    if not with_entropy:
+        return logp, None
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)
+        entropy = log_norm - (probs * logits).sum(-1)
+    return logp, entropy
+
+
+@dataclass
+class TrainResult:
+    steps_done: int
+    metrics: list[dict]
+    final_dir: Path | None
+
+
+class GRPOTrainer:
+    """GRPO on a causal LM. ``rows`` are dataset rows whose ``prompt`` is the rendered model input;
+    their other columns (``solution``, ``language``, …) are passed to the reward functions."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        rewards: list[RewardTerm],
+        rows: list[dict],
+        config: GRPOConfig,
+        output_dir: str | Path,
+        seed: int = 0,
+        ref_model=None,
+    ):
+        if not rewards:
+            raise ValueError("rewards: at least one reward function is needed")
+        self.config, self.tokenizer, self.rewards, self.rows = config, tokenizer, rewards, rows
+        self.seed, self.output_dir = seed, Path(output_dir)
+        torch.manual_seed(seed)  # LoRA initialisation draws from the global RNG
+        self.model = self._prepare_model(model)
+        self.ref_model = self._prepare_reference(ref_model)
+        self.sampler = PromptSampler(len(rows), config.prompts_per_step, seed)
+        self.engine = get_rollout_engine(config.rollout_engine, self.model, tokenizer)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step_done = 0
+        self.num_tokens = 0  # cumulative prompt + completion tokens seen (TRL: num_tokens)
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _prepare_model(self, model):
+        lora = self.config.lora
+        if lora is not None:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(
+                model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+            )
+        if self.config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.config.use_cache = False
+        return model
+
+    def _prepare_reference(self, ref_model):
+        if self.config.beta == 0.0:
+            return None  # no KL term: no reference forward, no copy in memory
+        if self.config.lora is not None:
+            return None  # the adapter-disabled model is the reference
+        if ref_model is None:
+            ref_model = copy.deepcopy(self.model)
+        return ref_model.eval().requires_grad_(False)
+
+    def _lr_factor(self, opt_step: int) -> float:
+        cfg = self.config
+        total = cfg.steps * cfg.num_iterations
+        if opt_step < cfg.warmup_steps:
+            return (opt_step + 1) / (cfg.warmup_steps + 1)
+        progress = (opt_step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        if cfg.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        if cfg.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    # --- one GRPO step --------------------------------------------------------------------
+
+    def step(self, step: int) -> tuple[dict, list[dict]]:
+        """Run GRPO step ``step`` (1-based); returns its metrics and a sample of its completions."""
+        cfg, G = self.config, self.config.group_size
+        t0 = time.perf_counter()
+        torch.manual_seed(step_seed(self.seed, step))
+        batch_rows = [self.rows[i] for i in self.sampler.batch(step)]
+
+        # 1. Rollouts: G completions per prompt, grouped contiguously.
+        sampling = SamplingParams(G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+        rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling)
+        t_rollout = time.perf_counter()
+
+        # 2. Rewards on the text, with every dataset column repeated for the group.
+        expanded = [r for r in batch_rows for _ in range(G)]
+        columns = {k: [r.get(k) for r in expanded] for k in batch_rows[0] if k != "prompt"}
+        columns["completion_ids"] = rollout.completion_id_lists
+        scores = score_completions(self.rewards, [r["prompt"] for r in expanded], rollout.texts, columns)
+        rewards = torch.tensor(scores.total, dtype=torch.float32)
+        t_rewards = time.perf_counter()
+
+        # 3. Group-relative advantages.
+        advantages, adv_stats = compute_advantages(rewards, G, cfg.advantage_estimator, cfg.reward_std_eps)
+
+        # 4. Which tokens get a gradient.
+        loss_mask = rollout.completion_mask.clone()
+        if cfg.mask_truncated_completions:
+            loss_mask[rollout.truncated] = 0
+        N, L = rollout.completion_ids.shape
+        shape = BatchShape(
+            num_sequences=N,
+            num_tokens=int(loss_mask.sum()),
+            num_micro_batches=cfg.gradient_accumulation_steps,
+            max_completion_length=cfg.max_new_tokens,
+        )
+        micro = N // cfg.gradient_accumulation_steps
+        chunks = [slice(i, i + micro) for i in range(0, N, micro)]
+
+        # 5. Log-probabilities that stay fixed during the μ passes (no grad).
+        with torch.no_grad():
+            self.model.eval()
+            old_logp = None
+            if cfg.num_iterations > 1:  # with μ = 1, π_old is π_θ itself (ratio 1, same gradient)
+                old_logp = torch.cat([completion_logprobs(self.model, rollout, c, cfg.temperature)[0] for c in chunks])
+            ref_logp = None
+            if cfg.beta != 0.0:
+                ref_logp = torch.cat([self._reference_logprobs(rollout, c) for c in chunks])
+
+        # 6. μ optimisation passes over this batch of rollouts.
+        self.model.train()
+        losses, kls, clip = [], [], {"low": [], "high": [], "region": []}
+        entropies, grad_norms = [], []
+        for _ in range(cfg.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            pass_loss = 0.0
+            for c in chunks:
+                logp, entropy = completion_logprobs(self.model, rollout, c, cfg.temperature, with_entropy=not entropies)
+                loss, stats = policy_loss(
+                    logp,
+                    None if old_logp is None else old_logp[c],
+                    advantages[c],
+                    loss_mask[c],
+                    epsilon_low=cfg.epsilon_low,
+                    epsilon_high=cfg.epsilon_high,
+                    ref_logp=None if ref_logp is None else ref_logp[c],
+                    beta=cfg.beta,
+                    kl_estimator=cfg.kl_estimator,
+                    aggregation=cfg.loss_aggregation,
+                    batch=shape,
+                )
+                loss.backward()
+                pass_loss += loss.item()
+                if stats.kl is not None:
+                    kls.append((stats.kl, stats.num_tokens))
+                for key in clip:
+                    clip[key].append((getattr(stats, f"clip_{key}"), stats.num_tokens))
+                if entropy is not None:
+                    m = rollout.completion_mask[c].float()
+                    entropies.append(((entropy * m).sum() / m.sum().clamp(min=1)).item())
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(pass_loss)
+        t_end = time.perf_counter()
+
+        # 7. Metrics, named as TRL names them where it has a name.
+        lengths = rollout.lengths.float()
+        completion_tokens = int(lengths.sum())
+        self.num_tokens += int(rollout.prompt_mask.sum()) + completion_tokens
+        metrics = {
+            "step": step,
+            "epoch": round(self.sampler.epoch(step), 4),
+            "reward": rewards.mean().item(),
+            "reward_std": adv_stats.reward_std,
+            "frac_reward_zero_std": adv_stats.frac_reward_zero_std,
+        }
+        for term in self.rewards:
+            metrics[f"rewards/{term.name}/mean"] = scores.mean(term.name)
+            metrics[f"rewards/{term.name}/std"] = scores.std(term.name)
+        if kls:
+            metrics["kl"] = _weighted_mean(kls)
+        metrics.update(
+            {
+                "loss": sum(losses) / len(losses),
+                "clip_ratio/low_mean": _weighted_mean(clip["low"]),
+                "clip_ratio/high_mean": _weighted_mean(clip["high"]),
+                "clip_ratio/region_mean": _weighted_mean(clip["region"]),
+                "entropy": sum(entropies) / len(entropies),
+                "grad_norm": sum(grad_norms) / len(grad_norms),
+                "learning_rate": self.scheduler.get_last_lr()[0],
+                "completions/mean_length": lengths.mean().item(),
+                "completions/max_length": lengths.max().item(),
+                "completions/min_length": lengths.min().item(),
+                "completions/clipped_ratio": rollout.truncated.float().mean().item(),
+                "num_tokens": self.num_tokens,
+                "step_time": t_end - t0,
+                "tokens_per_second": completion_tokens / (t_end - t0),
+                "timing/rollout": t_rollout - t0,
+                "timing/rewards": t_rewards - t_rollout,
+                "timing/train": t_end - t_rewards,
+            }
+        )
+        sample = self._completion_sample(step, expanded, rollout, scores, advantages)
+        return metrics, sample
+
+    def _reference_logprobs(self, rollout: Rollout, rows: slice) -> torch.Tensor:
+        if self.ref_model is not None:
+            return completion_logprobs(self.ref_model, rollout, rows, self.config.temperature)[0]
+        with self.model.disable_adapter():  # LoRA: the frozen base is the reference
+            return completion_logprobs(self.model, rollout, rows, self.config.temperature)[0]
+
+    def _completion_sample(self, step, expanded, rollout, scores, advantages) -> list[dict]:
+        n = len(expanded)
+        k = min(self.config.log_completions, n)
+        picks = sorted({round(i * n / k) for i in range(k)}) if k else []
+        out = []
+        for i in picks:
+            out.append(
+                {
+                    "step": step,
+                    "prompt": expanded[i]["prompt"],
+                    "completion": rollout.texts[i],
+                    "solution": expanded[i].get("solution"),
+                    "rewards": {name: (None if math.isnan(v[i]) else v[i]) for name, v in scores.per_reward.items()},
+                    "reward": scores.total[i],
+                    "advantage": advantages[i].item(),
+                    "length": int(rollout.lengths[i]),
+                    "truncated": bool(rollout.truncated[i]),
+                }
+            )
+        return out
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> TrainResult:
+        """Train ``config.steps`` steps, resuming from the last complete checkpoint when asked."""
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = self.output_dir / "metrics.jsonl"
+        samples_path = self.output_dir / "completions.jsonl"
+        if resume:
+            self.step_done = self.load_last_checkpoint()
+        elif self.checkpoints():
+            raise FileExistsError(f"{self.output_dir} already holds checkpoints; resume it or choose another output_dir")
+        # Lines past the checkpoint were written by the interrupted run: they will be redone.
+        history = [r for r in read_jsonl(metrics_path) if r["step"] <= self.step_done]
+        samples = [r for r in read_jsonl(samples_path) if r["step"] <= self.step_done]
+        _rewrite_jsonl(metrics_path, history)
+        _rewrite_jsonl(samples_path, samples)
+        if history:
+            self.num_tokens = history[-1]["num_tokens"]
+
+        cfg = self.config
+        bar = _progress(cfg.steps, self.step_done, enabled=cfg.progress)
+        for step in range(self.step_done + 1, cfg.steps + 1):
+            metrics, sample = self.step(step)
+            for row in sample:
+                append_jsonl(samples_path, row)
+            append_jsonl(metrics_path, metrics)
+            history.append(metrics)
+            self.step_done = step
+            if step % cfg.save_every == 0 or step == cfg.steps:
+                self.save_checkpoint(step)
+                self._plot(history)
+            bar.update(1)
+            bar.set_postfix(
+                reward=f"{metrics['reward']:.3f}",
+                kl=f"{metrics.get('kl', 0.0):.4f}",
+                len=f"{metrics['completions/mean_length']:.0f}",
+                tok_s=f"{metrics['tokens_per_second']:.0f}",
+            )
+        bar.close()
+        final_dir = self.save_final_model()
+        self._plot(history)
+        return TrainResult(self.step_done, history, final_dir)
+
+    def _plot(self, history: list[dict]) -> None:
+        if history:
+            from grpo.plots import plot_training_curves
+
+            plot_training_curves(history, self.output_dir / "curves.png", title=self.output_dir.name)
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a directory exists only once fully written)."""
+        root = self.output_dir / "checkpoints"
+        if not root.is_dir():
+            return []
+        return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "trainer_state.json").exists())
+
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().contiguous().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self, step: int) -> Path:
+        """Trainable weights (safetensors), optimiser + scheduler, RNG state and step; atomic."""
+        from safetensors.torch import save_file
+
+        path = self.output_dir / "checkpoints" / f"step-{step:06d}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_directory(path) as tmp:
+            save_file(self._trainable_state(), tmp / "model.safetensors")
+            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optimizer.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "num_tokens": self.num_tokens, "seed": self.seed}))
+        for old in self.checkpoints()[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old)
+        return path
+
+    def load_last_checkpoint(self) -> int:
+        """Restore the newest complete checkpoint; returns its step (0 when there is none)."""
+        from safetensors.torch import load_file
+
+        found = self.checkpoints()
+        if not found:
+            return 0
+        path = found[-1]
+        weights = load_file(path / "model.safetensors")
+        params = dict(self.model.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+        if missing or set(weights) - set(params):
+            raise ValueError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {sorted(set(weights) - set(params))[:3]})")
+        with torch.no_grad():
+            for name, tensor in weights.items():
+                params[name].copy_(tensor)
+        opt = torch.load(path / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.num_tokens = state["num_tokens"]
+        return int(state["step"])
+
+    def save_final_model(self) -> Path:
+        """A plain Hugging Face model directory (LoRA merged) that later stages load by path."""
+        path = self.output_dir / "final"
+        model = self.model
+        if self.config.lora is not None:
+            model = copy.deepcopy(model).merge_and_unload()
+        with atomic_directory(path) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+        return path
+
+
+def _weighted_mean(pairs: list[tuple[float, int]]) -> float:
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else 0.0
+
+
+def _rewrite_jsonl(path: Path, rows: list[dict]) -> None:
+    from grpo.io import atomic_write_text
+
+    if rows or path.exists():
+        atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="grpo", unit="step", dynamic_ncols=True)

@@ -1,0 +1,94 @@
+"""The ``grpo`` command.
+
+    grpo train RECIPE [--set key=value ...] [--resume]     one GRPO run
+    grpo rewards list                                        registered reward functions
+    grpo models fetch [ALIAS] | grpo models list             embedded default models
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _cmd_train(args) -> int:
+    from pipelines.recipe import load_recipe
+    from pipelines.train import format_summary, train_from_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    result, summary = train_from_recipe(recipe, resume=args.resume)
+    print(f"\nrun directory: {recipe.run_dir}  ({result.steps_done} steps, {summary['wall_time_s']:.0f} s)")
+    print(format_summary(summary))
+    print(f"curves: {recipe.run_dir / 'curves.png'}")
+    if args.summary_json:
+        with open(args.summary_json, "w") as f:
+            json.dump(summary, f, indent=2)
+    return 0
+
+
+def _cmd_rewards_list(args) -> int:
+    from rewards import list_rewards
+
+    for name, doc in sorted(list_rewards().items()):
+        print(f"{name:<24} {doc}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    from grpo.models import main as models_main
+
+    return models_main([args.action] + ([args.alias] if args.alias else []))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grpo", description="GRPO post-training toolkit (DeepSeek-R1 recipe)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="run GRPO training from a recipe")
+    train.add_argument("recipe", help="recipe YAML file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. grpo.steps=10")
+    train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
+    train.add_argument("--summary-json", help="also write the first/last-steps summary to this file")
+    train.set_defaults(func=_cmd_train)
+
+    rewards = sub.add_parser("rewards", help="reward functions")
+    rewards_sub = rewards.add_subparsers(dest="action", required=True)
+    rewards_sub.add_parser("list", help="list registered reward functions").set_defaults(func=_cmd_rewards_list)
+
+    models = sub.add_parser("models", help="embedded default models")
+    models.add_argument("action", choices=["fetch", "list"])
+    models.add_argument("alias", nargs="?")
+    models.set_defaults(func=_cmd_models)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from grpo.data import DataError
+    from grpo.models import ModelError
+    from grpo.schema import ConfigError
+    from grpo.scoring import RewardError
+
+    return (ConfigError, DataError, ModelError, RewardError, FileNotFoundError, FileExistsError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    USER_ERRORS = _user_errors()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; resume with --resume", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        # Configuration, data and model errors are for the user to fix: one line, no traceback
+        # (set GRPO_DEBUG=1 to see it).
+        if os.environ.get("GRPO_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
