@@ -45,15 +45,28 @@ def _type_name(tp) -> str:
     if origin is list:
         return f"a list of {_type_name(get_args(tp)[0])}"
     if origin is dict:
-        return f"a mapping of {_type_name(get_args(tp)[1])}"
+        value_tp = get_args(tp)[1] if get_args(tp) else Any
+        return "a mapping" if value_tp is Any else f"a mapping of {_type_name(value_tp)}"
     if dataclasses.is_dataclass(tp):
         return "a mapping"
-    return getattr(tp, "__name__", str(tp))
+    return _SIMPLE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+_SIMPLE_NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
 
 
 def _describe(value) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _same_shape(value, tp) -> bool:
+    origin = get_origin(tp) or tp
+    if isinstance(value, dict):
+        return dataclasses.is_dataclass(tp) or origin is dict
+    if isinstance(value, (list, tuple)):
+        return origin is list
+    return False
 
 
 def convert(value: Any, tp, path: str) -> Any:
@@ -73,9 +86,12 @@ def convert(value: Any, tp, path: str) -> Any:
             try:
                 return convert(value, option, path)
             except ConfigError as exc:
-                errors.append(exc)
-        if len(errors) == 1:
-            raise errors[0]
+                errors.append((option, exc))
+        # When exactly one option has the value's shape (a mapping for a dataclass, ...), its
+        # error is the informative one: "template.kind: unknown ..." beats "expected a or b".
+        same_shape = [exc for option, exc in errors if _same_shape(value, option)]
+        if len(errors) == 1 or len(same_shape) == 1:
+            raise (same_shape or [errors[0][1]])[0]
         raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
     if origin is Literal:
         choices = get_args(tp)

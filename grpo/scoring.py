@@ -29,6 +29,7 @@ class RewardError(RuntimeError):
 class Scores:
     per_reward: dict[str, list[float]]  # name -> value per row (NaN where the function returned None)
     total: list[float]  # weighted sum per row
+    extra_metrics: dict[str, float] = field(default_factory=dict)  # what rewards logged via log_metric
 
     def mean(self, name: str) -> float | None:
         vals = [v for v in self.per_reward[name] if not math.isnan(v)]
@@ -59,9 +60,12 @@ def score_completions(
     """Run every reward term over the rows; errors name the reward and the row."""
     n = len(completions)
     per_reward: dict[str, list[float]] = {}
+    extra: dict[str, float] = {}
+    # Rewards may report their own figures (e.g. accuracy's verifier timeouts) through log_metric.
+    log_metric = lambda key, value: extra.__setitem__(key, float(value))  # noqa: E731
     for term in terms:
         try:
-            values = term.fn(prompts=prompts, completions=completions, **{**columns, **term.params})
+            values = term.fn(prompts=prompts, completions=completions, log_metric=log_metric, **{**columns, **term.params})
         except RewardError:
             raise
         except Exception as exc:
@@ -74,4 +78,4 @@ def score_completions(
     for i in range(n):
         parts = [t.weight * per_reward[t.name][i] for t in terms if not math.isnan(per_reward[t.name][i])]
         total.append(sum(parts))
-    return Scores(per_reward=per_reward, total=total)
+    return Scores(per_reward=per_reward, total=total, extra_metrics=extra)

@@ -271,6 +271,7 @@ class GRPOTrainer:
         for term in self.rewards:
             metrics[f"rewards/{term.name}/mean"] = scores.mean(term.name)
             metrics[f"rewards/{term.name}/std"] = scores.std(term.name)
+        metrics.update(scores.extra_metrics)
         if kls:
             metrics["kl"] = _weighted_mean(kls)
         metrics.update(

@@ -64,6 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Our own progress bar and messages only: no per-file loading bars from transformers."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo.data import DataError
     from grpo.models import ModelError
@@ -75,6 +84,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     USER_ERRORS = _user_errors()
     try:
         return args.func(args)

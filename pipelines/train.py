@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from grpo.data import DataSpec, load_rows
+from grpo.data import load_rows
 from grpo.io import atomic_write_text
 from grpo.schema import to_dict
 from grpo.templates import TemplateSpec, render_prompts
@@ -26,9 +26,8 @@ class PreparedRows:
     dropped_too_long: int
 
 
-def prepare_rows(spec: DataSpec, template: TemplateSpec, tokenizer, max_prompt_length: int | None) -> PreparedRows:
-    """Load rows and render each prompt to model input text; drop (and count) over-long prompts."""
-    rows = load_rows(spec)
+def prepare_rows(rows: list[dict], template: TemplateSpec, tokenizer, max_prompt_length: int | None) -> PreparedRows:
+    """Render each row's prompt to model input text; drop (and count) over-long prompts."""
     texts = render_prompts(rows, template, tokenizer)
     out, dropped = [], 0
     for row, text in zip(rows, texts):
@@ -73,9 +72,10 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
     terms = reward_terms(recipe.rewards)  # fail on a bad reward name before loading anything big
     if run_dir.exists() and not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it or set output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(recipe.data.train)  # data errors surface before the model is loaded
     model, tokenizer = load_model_and_tokenizer(recipe.model, dtype=recipe.dtype)
-    prepared = prepare_rows(recipe.data.train, recipe.template, tokenizer, recipe.grpo.max_prompt_length)
+    prepared = prepare_rows(rows, recipe.template, tokenizer, recipe.grpo.max_prompt_length)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if prepared.dropped_too_long:
         print(f"data.train: dropped {prepared.dropped_too_long} prompts longer than {recipe.grpo.max_prompt_length} tokens")
     atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from .answers import extract_completion_answer, extract_gold_answer
+from .answers import extract_completion_answer, extract_gold_answer, last_number
 from .registry import register_reward
 from .text import completion_text
 from .verify import Outcome, get_verifier
 
 
 @register_reward("accuracy")
-def accuracy_reward(prompts: list, completions: list, *, gold_column: str = "solution", **kwargs) -> list[float | None]:
+def accuracy_reward(
+    prompts: list, completions: list, *, gold_column: str = "solution", fallback: str | None = None, **kwargs
+) -> list[float | None]:
     """1.0 if the completion's final answer equals the gold answer (math-verify), else 0.0.
 
     reward = 1.0 if verify(answer(completion), gold(row[gold_column])) else 0.0
@@ -22,7 +24,12 @@ def accuracy_reward(prompts: list, completions: list, *, gold_column: str = "sol
     derived from a bad gold); a comparison that times out scores 0.0 and is counted in the
     verifier's stats. When the trainer passes ``log_metric``, the batch's share of timeouts and of
     completions with no answer are logged as ``accuracy/verify_timeouts`` and ``accuracy/no_answer``.
+
+    ``fallback="last_number"`` takes the last number in the text when no delimited answer is
+    found (lenient scoring for small models that answer in prose); the default is strict.
     """
+    if fallback not in (None, "last_number"):
+        raise ValueError(f"accuracy: fallback must be null or 'last_number', got {fallback!r}")
     if gold_column not in kwargs:
         available = ", ".join(sorted(k for k, v in kwargs.items() if isinstance(v, list))) or "(none)"
         raise ValueError(
@@ -33,7 +40,10 @@ def accuracy_reward(prompts: list, completions: list, *, gold_column: str = "sol
     if len(golds) != len(completions):
         raise ValueError(f"got {len(completions)} completions but {len(golds)} values in column '{gold_column}'")
 
-    answers = [extract_completion_answer(completion_text(c)) for c in completions]
+    texts = [completion_text(c) for c in completions]
+    answers = [extract_completion_answer(t) for t in texts]
+    if fallback == "last_number":
+        answers = [a if a is not None else last_number(t) for a, t in zip(answers, texts)]
     gold_answers = [extract_gold_answer(g) for g in golds]
     to_verify = [i for i, (a, g) in enumerate(zip(answers, gold_answers)) if a is not None and g is not None]
     outcomes = dict(zip(to_verify, get_verifier().judge_many((answers[i], gold_answers[i]) for i in to_verify)))

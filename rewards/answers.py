@@ -48,6 +48,19 @@ def last_boxed(text: str) -> str | None:
     return None
 
 
+_NUMBER = re.compile(r"[-+]?\d{1,3}(?:,\d{3})+(?:\.\d+)?|[-+]?\d+(?:\.\d+)?")
+
+
+def last_number(text: str) -> str | None:
+    """The last number written in ``text`` (thousands separators removed), or None.
+
+    A lenient fallback for models that answer in prose ("so 7 + 5 = 12."), as GSM8K evaluations
+    of small models often use; the accuracy reward applies it only when asked to.
+    """
+    found = _NUMBER.findall(text or "")
+    return strip_thousands(found[-1]) if found else None
+
+
 def extract_completion_answer(text: str) -> str | None:
     """The model's final answer in a completion, or None if it gave none.
 

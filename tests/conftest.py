@@ -1,0 +1,18 @@
+"""Shared fixtures: tiny random-init models built offline from a config (no hub, no downloads)."""
+
+import os
+
+import pytest
+
+# Tests must never reach a model or dataset hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A saved 2-layer Llama (hidden 64) with the character-level tokenizer and a chat template."""
+    from grpo.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
