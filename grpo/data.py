@@ -148,6 +148,50 @@ def load_rows(spec: DataSpec) -> list[dict]:
     return list(_normalise(_iter_rows(dataset), list(dataset.column_names), spec, extract=spec.extract_gold))
 
 
+#: Columns tried, in order, for an SFT target when ``columns`` does not map ``completion``.
+COMPLETION_COLUMNS = ("completion", "response", "output", "target")
+
+
+def load_sft_rows(spec: DataSpec) -> list[dict]:
+    """Rows for supervised fine-tuning: ``{"messages": [...]}`` or ``{"prompt", "completion"}``.
+
+    Conversational rows (a ``messages`` column, TRL's format) are kept as they are; otherwise a
+    prompt column (``PROMPT_COLUMNS``) and a completion column (``COMPLETION_COLUMNS``) are found
+    or mapped with ``columns:``. No gold answer is needed. Other columns are kept.
+    """
+    if spec.is_synthetic:
+        raw, names = _synthetic_rows(spec), None
+    else:
+        dataset = _load_dataset(spec)
+        if spec.shuffle:
+            dataset = dataset.shuffle(seed=spec.seed, keep_in_memory=True)
+        raw, names = _iter_rows(dataset), list(dataset.column_names)
+    rows = []
+    for index, row in enumerate(raw):
+        if spec.size is not None and len(rows) >= spec.size:
+            break
+        names = names or list(row)
+        row = {spec.columns.get(k, k): v for k, v in row.items()}
+        if "messages" not in row:
+            for target, candidates in (("prompt", PROMPT_COLUMNS), ("completion", COMPLETION_COLUMNS)):
+                if target not in row:
+                    found = next((c for c in candidates if c in row), None)
+                    if found is None:
+                        raise DataError(
+                            f"data source {spec.source!r} has neither a messages column nor a {target} column for SFT; "
+                            f"its columns are: {', '.join(names)}; map one with columns: {{<column>: {target}}}"
+                        )
+                    row[target] = row.pop(found)
+            if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
+                raise DataError(f"data source {spec.source!r}: row {index}: prompt and completion must be text")
+        if spec.language is not None and not row.get("language"):
+            row["language"] = spec.language
+        rows.append(row)
+    if not rows:
+        raise DataError(f"data source {spec.source!r} (split {spec.split!r}) has no rows")
+    return rows
+
+
 # --------------------------------------------------------------------------------------------
 # sources
 
@@ -173,6 +217,11 @@ def _format_of(path: Path) -> str | None:
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes.pop()
     return suffixes[-1] if suffixes and suffixes[-1] in _FORMATS else None
+
+
+def is_hub_id(source: str) -> bool:
+    """True when ``source`` names a hub dataset (not synthetic, not a local path)."""
+    return not source.startswith(SYNTHETIC_PREFIX) and not Path(source).expanduser().exists() and not _looks_like_path(source)
 
 
 def _looks_like_path(source: str) -> bool:

@@ -12,11 +12,21 @@ Built-in tasks:
 
 ``arithmetic``
     "What is 23 + 48?" with the exact integer result as the solution.
+    With ``worked=True`` rows also carry a ``completion``: a step-by-step solution in the row's
+    language in the R1 format (cold-start SFT data, see "Worked solutions" below).
 ``countdown``
     Reach a target number from 3-4 given numbers with + - * / and parentheses, each number used
     at most once. ``solution`` holds the target, ``numbers`` the list of numbers and
     ``expression`` one expression that reaches the target (the instance is solvable by
     construction). The matching reward is ``countdown`` in ``rewards/countdown.py``.
+    ``worked=True`` adds a ``completion`` as for arithmetic.
+
+Worked solutions (``worked=True``) are R1-format completions,
+``<think>step-by-step reasoning</think><answer>result</answer>``, written entirely in the row's
+language (English words, or Chinese characters; digits and operator symbols are not words), so
+the ``format``, ``language_consistency`` and ``accuracy``/``countdown`` rewards all score them
+1.0. Their wording is drawn from a few templates with a second generator seeded from ``seed``,
+so the rows themselves are exactly those of ``worked=False`` with one more column.
 
 Add your own with the decorator::
 
@@ -140,17 +150,123 @@ def _evaluate(terms: list[int], ops: list[str]) -> int:
     return total
 
 
+def _reads_left_to_right(ops: list[str]) -> bool:
+    """True when evaluating left to right gives the right value (no * after a + or -)."""
+    return len(ops) == 1 or "*" not in ops or set(ops) == {"*"}
+
+
+def _zh_words(terms: list[int], ops: list[str]) -> str:
+    """``23 加 48 减 5``: the expression with Chinese operator words."""
+    return str(terms[0]) + "".join(f" {_ZH_OP_WORDS[op]} {t}" for op, t in zip(ops, terms[1:]))
+
+
 def _arithmetic_prompt(expression: str, terms: list[int], ops: list[str], language: str) -> str:
     if language == "en":
         return f"What is {expression}?"
     # Chinese: operator words read naturally ("23 加 48 等于多少？") as long as reading left to
     # right gives the right value; with mixed precedence the symbols keep it unambiguous.
-    if len(ops) == 1 or "*" not in ops or set(ops) == {"*"}:
-        words = str(terms[0])
-        for op, term in zip(ops, terms[1:]):
-            words += f" {_ZH_OP_WORDS[op]} {term}"
-        return f"{words} 等于多少？"
+    if _reads_left_to_right(ops):
+        return f"{_zh_words(terms, ops)} 等于多少？"
     return f"请计算 {expression} 的值。"
+
+
+# --------------------------------------------------------------------------------------------
+# worked solutions
+
+# A step is (left, op, right, result) with op one of + - * /.
+Step = tuple[int, str, int, int]
+
+_APPLY = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "/": lambda a, b: a // b}
+
+
+def _split(x: int) -> tuple[int, int] | None:
+    """``47 -> (40, 7)``: a non-negative number of two or more digits with a non-zero last digit."""
+    if x >= 10 and x % 10:
+        return x - x % 10, x % 10
+    return None
+
+
+def _operation_steps(a: int, op: str, b: int) -> list[Step]:
+    """Steps that compute ``a op b`` the way one does it in one's head (place values)."""
+    if op == "+" and a < 100 and b < 100 and _split(a) and _split(b):  # two two-digit numbers
+        (ah, al), (bh, bl) = _split(a), _split(b)
+        return [(ah, "+", bh, ah + bh), (al, "+", bl, al + bl), (ah + bh, "+", al + bl, a + b)]
+    if op == "-" and a >= b and _split(b):
+        bh, bl = _split(b)
+        return [(a, "-", bh, a - bh), (a - bh, "-", bl, a - b)]
+    if op == "*" and a >= 2 and _split(b):
+        bh, bl = _split(b)
+        return [(a, "*", bh, a * bh), (a, "*", bl, a * bl), (a * bh, "+", a * bl, a * b)]
+    if op == "*" and b >= 2 and _split(a):
+        ah, al = _split(a)
+        return [(ah, "*", b, ah * b), (al, "*", b, al * b), (ah * b, "+", al * b, a * b)]
+    return [(a, op, b, _APPLY[op](a, b))]
+
+
+def _arithmetic_steps(terms: list[int], ops: list[str]) -> list[Step]:
+    """Steps for ``t0 op0 t1 ...``: every multiplication first, then + and - left to right."""
+    steps: list[Step] = []
+    values, signs = [terms[0]], []
+    for op, term in zip(ops, terms[1:]):
+        if op == "*":
+            steps += _operation_steps(values[-1], "*", term)
+            values[-1] *= term
+        else:
+            values.append(term)
+            signs.append(op)
+    total = values[0]
+    for sign, value in zip(signs, values[1:]):
+        steps += _operation_steps(total, sign, value)
+        total = _APPLY[sign](total, value)
+    return steps
+
+
+_EN_OPS = {"+": "+", "-": "-", "*": "*", "/": "/"}
+_ZH_OPS = {"+": "加", "-": "减", "*": "乘以", "/": "除以"}
+# Step connectors by position: first / middle / last of several; a lone step has none.
+_CONNECTORS = {
+    "en": (("First", "Start with"), ("Then", "Next"), ("So", "Finally")),
+    "zh": (("先算", "首先算"), ("再算", "然后算"), ("所以", "最后算")),
+}
+
+
+def _step_sentences(steps: list[Step], language: str, rng: random.Random) -> list[str]:
+    first, middle, last = _CONNECTORS[language]
+    sentences = []
+    for i, (a, op, b, result) in enumerate(steps):
+        if len(steps) == 1:
+            lead = ""
+        else:
+            lead = rng.choice(first if i == 0 else last if i == len(steps) - 1 else middle)
+        if language == "en":
+            body = f"{a} {_EN_OPS[op]} {b} = {result}."
+        else:
+            body = f"{a} {_ZH_OPS[op]} {b} 等于 {result}。"
+        sentences.append(f"{lead} {body}" if lead else body)
+    return sentences
+
+
+def _r1(thought_parts: list[str], answer: str, language: str) -> str:
+    return f"<think>{(' ' if language == 'en' else '').join(thought_parts)}</think><answer>{answer}</answer>"
+
+
+def _worked_arithmetic(terms: list[int], ops: list[str], expression: str, value: int, language: str, rng: random.Random) -> str:
+    """An R1-format, single-language, step-by-step solution of an arithmetic row."""
+    mixed = not _reads_left_to_right(ops)
+    if language == "en":
+        parts = [rng.choice(("We need {e}.", "Let's work out {e}.", "We want the value of {e}.")).format(e=expression)]
+        if mixed:
+            parts.append(rng.choice(("Multiplication comes before addition and subtraction.", "Do the multiplication first.")))
+        parts += _step_sentences(_arithmetic_steps(terms, ops), language, rng)
+        parts.append(rng.choice(("The answer is {v}.", "The result is {v}.", "Therefore the value is {v}.")).format(v=value))
+    else:
+        shown = expression if mixed else _zh_words(terms, ops)
+        parts = [rng.choice(("我们要计算 {e}。", "这个问题要求 {e} 的值。", "要算出 {e} 等于多少。")).format(e=shown)]
+        if mixed:
+            parts.append("要先算乘，再算加减。")
+        parts += _step_sentences(_arithmetic_steps(terms, ops), language, rng)
+        parts.append(rng.choice(("答案是 {v}。", "最终结果是 {v}。", "因此答案是 {v}。")).format(v=value))
+    return _r1(parts, str(value), language)
 
 
 @register_task("arithmetic", description="integer arithmetic: 'What is 23 + 48?' -> '71'")
@@ -164,12 +280,15 @@ def arithmetic(
     num_terms: int = 2,
     ops: str = "+-",
     allow_negative: bool = True,
+    worked: bool = False,
 ) -> list[dict]:
     """Integer expressions over ``num_terms`` numbers in ``[min_value, max_value]``.
 
     ``ops`` is a string of operators drawn from ``+``, ``-`` and ``*`` (``*`` binds tighter, as
     usual). With ``allow_negative=False`` results below zero are redrawn. Rows carry an extra
-    ``expression`` column (``"23 + 48"``).
+    ``expression`` column (``"23 + 48"``). ``worked=True`` adds a ``completion`` column with a
+    step-by-step solution in the R1 format, e.g. ``<think>We need 23 + 48. First 20 + 40 = 60.
+    Then 3 + 8 = 11. So 60 + 11 = 71. The answer is 71.</think><answer>71</answer>``.
     """
     _check_n(n)
     if not ops or set(ops) - set("+-*"):
@@ -181,6 +300,7 @@ def arithmetic(
     if not allow_negative and min_value < 0:
         raise ValueError("task 'arithmetic': allow_negative=false needs min_value >= 0")
     rng = random.Random(seed)
+    wording = random.Random(f"worked:{seed}")  # separate, so worked rows equal unworked ones
     op_choices = sorted(set(ops))
     rows = []
     for lang in _languages(n, language):
@@ -191,15 +311,16 @@ def arithmetic(
             if allow_negative or value >= 0:
                 break
         expression = str(terms[0]) + "".join(f" {op} {t}" for op, t in zip(chosen, terms[1:]))
-        rows.append(
-            {
-                "prompt": _arithmetic_prompt(expression, terms, chosen, lang),
-                "solution": str(value),
-                "language": lang,
-                "task": "arithmetic",
-                "expression": expression,
-            }
-        )
+        row = {
+            "prompt": _arithmetic_prompt(expression, terms, chosen, lang),
+            "solution": str(value),
+            "language": lang,
+            "task": "arithmetic",
+            "expression": expression,
+        }
+        if worked:
+            row["completion"] = _worked_arithmetic(terms, chosen, expression, value, lang, wording)
+        rows.append(row)
     return rows
 
 
@@ -237,6 +358,42 @@ def _random_expression(rng: random.Random, numbers: list[int]) -> tuple[str, int
     return items[0][0], items[0][1]
 
 
+def _expression_steps(expression: str) -> list[Step]:
+    """The binary operations of a generated countdown expression, innermost first, left to right."""
+    import ast
+
+    ops = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+    steps: list[Step] = []
+
+    def walk(node) -> int:
+        if isinstance(node, ast.Constant):
+            return node.value
+        left, right = walk(node.left), walk(node.right)
+        op = ops[type(node.op)]
+        result = _APPLY[op](left, right)
+        steps.append((left, op, right, result))
+        return result
+
+    walk(ast.parse(expression, mode="eval").body)
+    return steps
+
+
+def _worked_countdown(numbers: list[int], target: int, expression: str, language: str, rng: random.Random) -> str:
+    """An R1-format, single-language solution of a countdown row; the answer is the expression."""
+    steps = _step_sentences(_expression_steps(expression), language, rng)
+    if language == "en":
+        listed = ", ".join(str(x) for x in numbers)
+        parts = [rng.choice(("We need to reach {t} from {n}.", "The numbers are {n} and the target is {t}.")).format(t=target, n=listed)]
+        parts += steps
+        parts.append(rng.choice(("That reaches {t}, using each number once.", "This gives the target {t}.")).format(t=target))
+    else:
+        listed = "、".join(str(x) for x in numbers)
+        parts = [rng.choice(("我们要用 {n} 得到 {t}。", "已知数字 {n}，目标是 {t}。")).format(t=target, n=listed)]
+        parts += steps
+        parts.append(rng.choice(("这样就得到了 {t}，每个数字只用了一次。", "所以可以得到目标 {t}。")).format(t=target))
+    return _r1(parts, expression, language)
+
+
 def _countdown_prompt(numbers: list[int], target: int, language: str) -> str:
     listed = ", ".join(str(x) for x in numbers)
     if language == "en":
@@ -263,6 +420,7 @@ def countdown(
     min_value: int = 1,
     max_value: int = 100,
     max_target: int = 1000,
+    worked: bool = False,
 ) -> list[dict]:
     """Solvable Countdown puzzles.
 
@@ -270,7 +428,8 @@ def countdown(
     of them into a random expression whose every intermediate value is a positive integer, and
     uses its value as the target (kept in ``[1, max_target]`` and different from each given
     number). The numbers are shown in a shuffled order. Extra columns: ``numbers`` (list of
-    int) and ``expression`` (a reference solution).
+    int) and ``expression`` (a reference solution); with ``worked=True`` also ``completion``, a
+    step-by-step R1-format solution whose answer is ``expression``.
     """
     _check_n(n)
     if not 2 <= min_numbers <= max_numbers:
@@ -282,6 +441,7 @@ def countdown(
     if max_target < 1:
         raise ValueError(f"task 'countdown': max_target must be positive, got {max_target}")
     rng = random.Random(seed)
+    wording = random.Random(f"worked:{seed}")  # separate, so worked rows equal unworked ones
     rows = []
     for lang in _languages(n, language):
         for _attempt in range(10_000):
@@ -297,14 +457,15 @@ def countdown(
             raise ValueError("task 'countdown': could not build a puzzle with these options; widen the ranges")
         shown = numbers[:]
         rng.shuffle(shown)
-        rows.append(
-            {
-                "prompt": _countdown_prompt(shown, target, lang),
-                "solution": str(target),
-                "language": lang,
-                "task": "countdown",
-                "numbers": shown,
-                "expression": expression,
-            }
-        )
+        row = {
+            "prompt": _countdown_prompt(shown, target, lang),
+            "solution": str(target),
+            "language": lang,
+            "task": "countdown",
+            "numbers": shown,
+            "expression": expression,
+        }
+        if worked:
+            row["completion"] = _worked_countdown(shown, target, expression, lang, wording)
+        rows.append(row)
     return rows

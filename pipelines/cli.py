@@ -1,6 +1,7 @@
 """The ``grpo`` command.
 
     grpo train RECIPE [--set key=value ...] [--resume]     one GRPO run
+    grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run]   a staged recipe
     grpo rewards list                                        registered reward functions
     grpo models fetch [ALIAS] | grpo models list             embedded default models
 """
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 
 def _cmd_train(args) -> int:
@@ -25,6 +27,22 @@ def _cmd_train(args) -> int:
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary, f, indent=2)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from pipelines.recipe import load_recipe
+    from pipelines.runner import Runner, dry_run
+
+    recipe = load_recipe(args.recipe, args.set)
+    if args.dry_run:
+        print(dry_run(recipe))
+        return 0
+    runner = Runner(recipe)
+    started = time.perf_counter()
+    runner.run(from_stage=args.from_stage, only=args.only)
+    print(f"\nrun directory: {runner.run_dir}  ({time.perf_counter() - started:.0f} s)")
+    print(f"manifest: {runner.run_dir / 'manifest.json'}\nreport:   {runner.run_dir / 'report.md'}")
     return 0
 
 
@@ -53,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--summary-json", help="also write the first/last-steps summary to this file")
     train.set_defaults(func=_cmd_train)
 
+    run = sub.add_parser("run", help="run a staged recipe (cold start → RL → rejection sampling → SFT → RL → eval)")
+    run.add_argument("recipe", help="recipe YAML file with stages")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    run.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
+    run.add_argument("--only", metavar="STAGE", help="run only this stage (its inputs must be complete)")
+    run.add_argument("--dry-run", action="store_true", help="validate the recipe, data, rewards and models; print the plan")
+    run.set_defaults(func=_cmd_run)
+
     rewards = sub.add_parser("rewards", help="reward functions")
     rewards_sub = rewards.add_subparsers(dest="action", required=True)
     rewards_sub.add_parser("list", help="list registered reward functions").set_defaults(func=_cmd_rewards_list)
@@ -71,6 +97,10 @@ def quiet_libraries() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

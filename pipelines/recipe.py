@@ -45,6 +45,9 @@ class Recipe:
     # name (registered or "module.path:function") -> weight, or {weight: w, <param>: value, ...}
     rewards: dict[str, float | dict[str, Any]] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    # `grpo run`: the stages, in order; each has name, kind, init and its kind's keys
+    # (pipelines/stages/). Validated by pipelines.runner.plan_stages.
+    stages: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self):
         if isinstance(self.template, str):

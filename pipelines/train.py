@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from grpo.data import load_rows
+from grpo.config import GRPOConfig
+from grpo.data import DataSpec, load_rows
 from grpo.io import atomic_write_text
 from grpo.schema import to_dict
 from grpo.templates import TemplateSpec, render_prompts
@@ -63,25 +64,33 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path | None = None):
-    """Run the recipe's GRPO training; returns (TrainResult, summary dict)."""
+def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
+             seed: int, dtype: str = "float32", resume: bool = False):
+    """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult."""
     from grpo.models import load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
+    terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
+    rows = load_rows(data)  # data errors surface before the model is loaded
+    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
+    prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length)
+    if prepared.dropped_too_long:
+        print(f"data: dropped {prepared.dropped_too_long} prompts longer than {config.max_prompt_length} tokens")
+    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed)
+    return trainer.train(resume=resume)
+
+
+def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path | None = None):
+    """``grpo train``: the recipe's GRPO run in its run directory; returns (TrainResult, summary)."""
     run_dir = Path(run_dir or recipe.run_dir)
-    terms = reward_terms(recipe.rewards)  # fail on a bad reward name before loading anything big
+    reward_terms(recipe.rewards)
     if run_dir.exists() and not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it or set output_dir")
-    rows = load_rows(recipe.data.train)  # data errors surface before the model is loaded
-    model, tokenizer = load_model_and_tokenizer(recipe.model, dtype=recipe.dtype)
-    prepared = prepare_rows(rows, recipe.template, tokenizer, recipe.grpo.max_prompt_length)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if prepared.dropped_too_long:
-        print(f"data.train: dropped {prepared.dropped_too_long} prompts longer than {recipe.grpo.max_prompt_length} tokens")
     atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
-    trainer = GRPOTrainer(model, tokenizer, terms, prepared.rows, recipe.grpo, run_dir, seed=recipe.seed)
     started = time.perf_counter()
-    result = trainer.train(resume=resume)
+    result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
+                      config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, resume=resume)
     summary = summarize(result.metrics)
     summary["wall_time_s"] = time.perf_counter() - started
     return result, summary

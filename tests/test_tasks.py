@@ -22,6 +22,8 @@ def _calc(expression: str):
             return walk(node.body)
         if isinstance(node, ast.Constant):
             return node.value
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):  # negative terms: "5 - -3"
+            return -walk(node.operand)
         return _OPS[type(node.op)](walk(node.left), walk(node.right))
 
     return walk(ast.parse(expression, mode="eval"))
@@ -127,3 +129,101 @@ def test_countdown_reward_is_registered():
     from rewards.registry import get_reward
 
     assert get_reward("countdown") is rewards.countdown.countdown
+
+
+# --- worked solutions (cold-start SFT data) -------------------------------------------------
+
+_EN_STEP = re.compile(r"(-?\d+) ([-+*/]) (-?\d+) = (-?\d+)\.")
+_ZH_STEP = re.compile(r"(-?\d+) (加|减|乘以|除以) (-?\d+) 等于 (-?\d+)。")
+_ZH_SYMBOL = {"加": "+", "减": "-", "乘以": "*", "除以": "/"}
+_APPLY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
+
+
+def _steps(completion: str, language: str) -> list[tuple[int, str, int, int]]:
+    thought = completion.split("</think>")[0]
+    if language == "en":
+        return [(int(a), op, int(b), int(c)) for a, op, b, c in _EN_STEP.findall(thought)]
+    return [(int(a), _ZH_SYMBOL[op], int(b), int(c)) for a, op, b, c in _ZH_STEP.findall(thought)]
+
+
+def _score_worked(rows, correctness: str):
+    from rewards.registry import get_reward
+
+    prompts = [r["prompt"] for r in rows]
+    completions = [r["completion"] for r in rows]
+    columns = {k: [r[k] for r in rows] for k in ("solution", "language", "numbers") if k in rows[0]}
+    return {
+        name: get_reward(name)(prompts=prompts, completions=completions, **columns)
+        for name in ("format", "language_consistency", correctness)
+    }
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"ops": "+-*", "num_terms": 3, "min_value": 1, "max_value": 99}, {"ops": "*", "max_value": 60}, {"ops": "-", "min_value": -30, "max_value": 30}],
+)
+def test_worked_arithmetic_steps_are_correct_and_single_language(options):
+    rows = get_task("arithmetic")(40, 5, "mixed", worked=True, **options)
+    for r in rows:
+        text = r["completion"]
+        assert text.startswith("<think>") and text.endswith(f"</think><answer>{r['solution']}</answer>")
+        steps = _steps(text, r["language"])
+        assert steps, text
+        for a, op, b, c in steps:  # every written step is true arithmetic
+            assert _APPLY[op](a, b) == c, text
+        assert steps[-1][3] == int(r["solution"]) == _calc(r["expression"])  # the last step is the answer
+        if r["language"] == "zh":
+            assert not re.search(r"[A-Za-z]", text.split("</think>")[0].replace("<think>", "")), text
+        else:
+            assert not CJK.search(text), text
+    scores = _score_worked(rows, "accuracy")
+    assert all(v == [1.0] * len(rows) for v in scores.values()), scores
+    # the registered language reward agrees with an explicit target language, and tells them apart
+    from rewards.language import language_consistency_reward
+
+    zh = [r["completion"] for r in rows if r["language"] == "zh"]
+    en = [r["completion"] for r in rows if r["language"] == "en"]
+    assert language_consistency_reward(["p"] * len(zh), zh, target_language="zh") == [1.0] * len(zh)
+    assert language_consistency_reward(["p"] * len(en), en, target_language="en") == [1.0] * len(en)
+    assert language_consistency_reward(["p"] * len(zh), zh, target_language="en") == [0.0] * len(zh)
+
+
+def test_worked_arithmetic_decomposes_by_place_value():
+    from grpo.tasks import _worked_arithmetic
+
+    rng = __import__("random").Random(0)
+    en = _worked_arithmetic([23, 48], ["+"], "23 + 48", 71, "en", rng)
+    assert _steps(en, "en") == [(20, "+", 40, 60), (3, "+", 8, 11), (60, "+", 11, 71)]
+    zh = _worked_arithmetic([23, 48], ["+"], "23 + 48", 71, "zh", rng)
+    assert "20 加 40 等于 60。" in zh and "3 加 8 等于 11。" in zh and zh.endswith("<answer>71</answer>")
+    assert _steps(_worked_arithmetic([71, 48], ["-"], "71 - 48", 23, "en", rng), "en") == [(71, "-", 40, 31), (31, "-", 8, 23)]
+    assert _steps(_worked_arithmetic([23, 48], ["*"], "23 * 48", 1104, "en", rng), "en") == [
+        (23, "*", 40, 920), (23, "*", 8, 184), (920, "+", 184, 1104)
+    ]
+    # * before +: the product is worked out first, and the thought says so
+    mixed = _worked_arithmetic([5, 3, 4], ["+", "*"], "5 + 3 * 4", 17, "zh", rng)
+    assert "要先算乘" in mixed and _steps(mixed, "zh") == [(3, "*", 4, 12), (5, "+", 12, 17)]
+
+
+def test_worked_rows_equal_plain_rows_and_wording_varies():
+    for name in ("arithmetic", "countdown"):
+        plain = get_task(name)(30, 2, "mixed")
+        worked = get_task(name)(30, 2, "mixed", worked=True)
+        assert [{k: v for k, v in r.items() if k != "completion"} for r in worked] == plain
+        assert "completion" not in plain[0]
+        assert worked == get_task(name)(30, 2, "mixed", worked=True)  # deterministic
+        for lang in ("en", "zh"):
+            openings = {r["completion"].split("。" if lang == "zh" else ".")[0].split(" ")[0] for r in worked if r["language"] == lang}
+            assert len(openings) >= 2, (name, lang, openings)
+
+
+def test_worked_countdown_solutions_score_full_marks():
+    rows = get_task("countdown")(30, 4, "mixed", worked=True)
+    for r in rows:
+        steps = _steps(r["completion"], r["language"])
+        assert len(steps) == len(r["numbers"]) - 1
+        assert all(_APPLY[op](a, b) == c for a, op, b, c in steps)
+        assert steps[-1][3] == int(r["solution"])
+        assert r["completion"].endswith(f"<answer>{r['expression']}</answer>")
+    scores = _score_worked(rows, "countdown")
+    assert all(v == [1.0] * len(rows) for v in scores.values()), scores

@@ -1,0 +1,381 @@
+"""``grpo run``: a staged recipe, end to end, resumably, into one run directory.
+
+The runner turns a recipe's ``stages:`` list into a plan (every reference checked, every
+stage's config validated and hashed), then runs the stages in order:
+
+    runs/<name>/
+      recipe.resolved.yaml   manifest.json   report.md   curves.png
+      <stage>/               a completed stage (stage.json holds its config hash and outputs)
+      .<stage>.partial/      a stage in progress; renamed to <stage>/ only when it completes
+      superseded/            completed stages whose configuration changed since (kept, not deleted)
+
+A completed stage whose configuration hash is unchanged is skipped. The hash covers the stage's
+own keys, the recipe defaults it uses, the seed, and the hashes of the stages it reads from, so
+changing an early stage reruns everything downstream of it. An interrupted stage of a resumable
+kind (sft, grpo) continues from its last checkpoint; the others start over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from grpo.io import atomic_write_json, atomic_write_text, fsync_dir
+from grpo.schema import ConfigError, from_dict, nearest, to_dict
+from pipelines.recipe import Recipe
+from pipelines.stages import STAGE_KINDS
+from pipelines.stages.common import is_stage_ref, ref_name
+
+COMMON_KEYS = ("name", "kind", "init")
+
+
+@dataclass
+class PlannedStage:
+    index: int
+    name: str
+    kind: str
+    init: str  # "base", "stages.<name>", or a model alias / hub id / directory
+    config: Any  # the kind's Config dataclass
+    depends_on: list[str] = field(default_factory=list)
+    config_hash: str = ""
+
+    @property
+    def model_ref(self) -> str | None:
+        return ref_name(self.init) if is_stage_ref(self.init) else None
+
+    @property
+    def data_ref(self) -> str | None:
+        data = getattr(self.config, "data", None)
+        return ref_name(data) if is_stage_ref(data) else None
+
+
+def _stage_path(index: int, name: str | None = None) -> str:
+    return f"stages[{index}]" + (f" ({name})" if name else "")
+
+
+def plan_stages(recipe: Recipe) -> list[PlannedStage]:
+    """Validate the stages and the references between them; hash each stage's configuration."""
+    if not recipe.stages:
+        raise ConfigError("stages: the recipe has no stages (use `grpo train` for a single GRPO run)")
+    planned: list[PlannedStage] = []
+    names = [s.get("name") if isinstance(s, dict) else None for s in recipe.stages]
+    for i, raw in enumerate(recipe.stages):
+        path = f"stages[{i}]"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping with name and kind, got {raw!r}")
+        for key in ("name", "kind"):
+            if not isinstance(raw.get(key), str) or not raw.get(key):
+                raise ConfigError(f"{path}.{key}: required key is missing")
+        name, kind = raw["name"], raw["kind"]
+        if name in names[:i]:
+            raise ConfigError(f"{path}.name: stage name {name!r} is used twice")
+        if kind not in STAGE_KINDS:
+            hint = nearest(kind, STAGE_KINDS)
+            extra = f"did you mean {hint!r}? " if hint else ""
+            raise ConfigError(f"{path}.kind: unknown stage kind {kind!r}; {extra}known kinds: {', '.join(sorted(STAGE_KINDS))}")
+        stage_cls = STAGE_KINDS[kind]
+        init = raw.get("init", "base")
+        if not isinstance(init, str):
+            raise ConfigError(f"{path}.init: expected base, stages.<name> or a model name, got {init!r}")
+        body = {k: v for k, v in raw.items() if k not in COMMON_KEYS}
+        config = from_dict(stage_cls.Config, body, path)
+        validate = getattr(stage_cls(), "validate", None)
+        if validate:
+            validate(config, recipe, path)
+        stage = PlannedStage(i, name, kind, init, config)
+        for label, ref, needs in (("init", stage.model_ref, "model"), ("data", stage.data_ref, "data")):
+            if ref is None:
+                continue
+            _check_reference(recipe, names, i, label, ref, needs)
+            stage.depends_on.append(ref)
+        planned.append(stage)
+    by_name = {s.name: s for s in planned}
+    for stage in planned:
+        stage.config_hash = _config_hash(recipe, stage, by_name)
+    return planned
+
+
+def _check_reference(recipe: Recipe, names: list, i: int, label: str, ref: str, needs: str) -> None:
+    path = f"stages[{i}].{label}"
+    if ref not in names:
+        hint = nearest(ref, [n for n in names if n])
+        extra = f"; did you mean 'stages.{hint}'?" if hint else ""
+        raise ConfigError(f"{path}: refers to stage {ref!r}, which does not exist{extra}")
+    j = names.index(ref)
+    if j == i:
+        raise ConfigError(f"{path}: stage {ref!r} refers to itself")
+    if j > i:
+        cycle = _cycle_from(recipe, names, j, names[i])
+        if cycle:
+            raise ConfigError(f"{path}: stages form a cycle: {' → '.join([names[i], *cycle])}")
+        raise ConfigError(f"{path}: refers to stage {ref!r}, which runs later (stage {j}); a stage can only use earlier stages' outputs")
+    produced = STAGE_KINDS[recipe.stages[j]["kind"]].produces
+    if needs not in produced:
+        raise ConfigError(f"{path}: stage {ref!r} ({recipe.stages[j]['kind']}) produces no {needs}; it produces: {', '.join(produced) or 'nothing'}")
+
+
+def _cycle_from(recipe: Recipe, names: list, j: int, target: str, seen=()) -> list[str] | None:
+    """Follow references from stage j; the path back to ``target`` if there is one."""
+    raw = recipe.stages[j]
+    refs = [ref_name(v) for v in (raw.get("init"), raw.get("data")) if is_stage_ref(v)]
+    for ref in refs:
+        if ref == target:
+            return [names[j], target]
+        if ref in names and ref not in seen:
+            rest = _cycle_from(recipe, names, names.index(ref), target, (*seen, ref))
+            if rest:
+                return [names[j], *rest]
+    return None
+
+
+def _config_hash(recipe: Recipe, stage: PlannedStage, by_name: dict[str, PlannedStage]) -> str:
+    payload = {
+        "kind": stage.kind,
+        "init": stage.init if stage.model_ref else (recipe.model if stage.init == "base" else stage.init),
+        "config": to_dict(stage.config),
+        # Recipe-level defaults a stage may read; hashing them all keeps the rule simple.
+        "defaults": {k: to_dict(getattr(recipe, k)) for k in ("data", "template", "rewards", "grpo", "dtype", "seed")},
+        "upstream": {ref: by_name[ref].config_hash for ref in stage.depends_on},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+class Runner:
+    def __init__(self, recipe: Recipe, run_dir: Path | None = None, progress: bool = True):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir or recipe.run_dir)
+        self.plan = plan_stages(recipe)
+        self.by_name = {s.name: s for s in self.plan}
+        self.progress = progress
+
+    # -- state on disk
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def partial_dir(self, name: str) -> Path:
+        return self.run_dir / f".{name}.partial"
+
+    def completed(self, stage: PlannedStage) -> dict | None:
+        """The stage.json of a completed run of exactly this configuration, else None."""
+        info_path = self.stage_dir(stage.name) / "stage.json"
+        if not info_path.exists():
+            return None
+        info = json.loads(info_path.read_text())
+        return info if info.get("config_hash") == stage.config_hash else None
+
+    def _manifest_path(self) -> Path:
+        return self.run_dir / "manifest.json"
+
+    def load_manifest(self) -> dict:
+        path = self._manifest_path()
+        manifest = json.loads(path.read_text()) if path.exists() else {}
+        manifest.setdefault("recipe", self.recipe.name)
+        manifest.setdefault("created", _now())
+        old = {s["name"]: s for s in manifest.get("stages", [])}
+        manifest["stages"] = []
+        for stage in self.plan:
+            entry = old.get(stage.name, {})
+            done = self.completed(stage)
+            entry.update({"name": stage.name, "kind": stage.kind, "config_hash": stage.config_hash, "init": stage.init})
+            if done:
+                entry.update({k: done[k] for k in ("outputs", "metrics", "wall_time_s", "inputs", "finished") if k in done})
+                entry["status"] = "complete"
+            elif entry.get("status") in ("complete", None) or entry.get("config_hash") != stage.config_hash:
+                entry["status"] = "pending"
+            manifest["stages"].append(entry)
+        return manifest
+
+    def save_manifest(self, manifest: dict) -> None:
+        manifest["updated"] = _now()
+        atomic_write_json(self._manifest_path(), manifest)
+
+    # -- resolving inputs
+
+    def _inputs(self, stage: PlannedStage) -> dict[str, str]:
+        inputs = {}
+        if stage.model_ref:
+            inputs["model"] = self._output_path(stage.model_ref, "model")
+        else:
+            inputs["model"] = self.recipe.model if stage.init == "base" else stage.init
+        if stage.data_ref:
+            inputs["data"] = self._output_path(stage.data_ref, "data")
+        return inputs
+
+    def _output_path(self, name: str, what: str) -> str:
+        info = self.completed(self.by_name[name])
+        if info is None:
+            raise RuntimeError(f"stage {name!r} has not completed; run it first (without --only)")
+        return str(self.stage_dir(name) / info["outputs"][what])
+
+    # -- running
+
+    def run(self, from_stage: str | None = None, only: str | None = None) -> dict:
+        """Run the plan; returns the manifest. ``from_stage`` reruns it and everything after it."""
+        from pipelines.report import write_report
+
+        for flag, value in (("--from", from_stage), ("--only", only)):
+            if value is not None and value not in self.by_name:
+                hint = nearest(value, self.by_name)
+                raise ConfigError(f"{flag} {value}: no such stage" + (f"; did you mean {hint!r}?" if hint else f"; stages: {', '.join(self.by_name)}"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(self.run_dir)
+        atomic_write_text(self.run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True))
+        manifest = self.load_manifest()
+        self.save_manifest(manifest)
+        forced = set()
+        if from_stage:
+            forced = {s.name for s in self.plan if s.index >= self.by_name[from_stage].index}
+        if only:
+            forced = {only}
+        for stage, entry in zip(self.plan, manifest["stages"]):
+            if only and stage.name != only:
+                continue
+            if self.completed(stage) and stage.name not in forced:
+                print(f"[{stage.name}] complete (config {stage.config_hash}), skipped")
+                continue
+            self._run_stage(stage, entry, manifest)
+            write_report(self.run_dir, manifest)
+        write_report(self.run_dir, manifest)
+        return manifest
+
+    def _run_stage(self, stage: PlannedStage, entry: dict, manifest: dict) -> None:
+        from pipelines.stages.base import StageContext
+
+        stage_cls = STAGE_KINDS[stage.kind]
+        inputs = self._inputs(stage)
+        work = self.partial_dir(stage.name)
+        marker = work / "attempt.json"
+        resume = False
+        if work.exists():
+            previous = json.loads(marker.read_text()) if marker.exists() else {}
+            if getattr(stage_cls, "resumable", False) and previous.get("config_hash") == stage.config_hash:
+                resume = True
+            else:
+                shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(marker, {"config_hash": stage.config_hash, "started": _now()})
+        print(f"[{stage.name}] {stage.kind}: {'resuming' if resume else 'running'} (config {stage.config_hash}) from {inputs['model']}")
+        entry.update({"status": "running", "inputs": inputs, "started": _now(), "resumed": resume})
+        entry.pop("error", None)
+        self.save_manifest(manifest)
+        started = time.perf_counter()
+        ctx = StageContext(
+            name=stage.name, config=stage.config, recipe=self.recipe, work_dir=work, init_model=inputs["model"],
+            data_path=inputs.get("data"), resume=resume, seed=self.recipe.seed, progress=self.progress,
+        )
+        try:
+            result = stage_cls().run(ctx)
+        except BaseException as exc:
+            entry.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", "error": f"{type(exc).__name__}: {exc}"})
+            self.save_manifest(manifest)
+            raise
+        wall = time.perf_counter() - started
+        info = {
+            "name": stage.name, "kind": stage.kind, "config_hash": stage.config_hash, "inputs": inputs,
+            "outputs": result.outputs, "metrics": _jsonable(result.metrics), "wall_time_s": wall, "finished": _now(),
+        }
+        atomic_write_json(work / "stage.json", info)
+        marker.unlink()
+        self._move_into_place(stage.name, work)
+        entry.update({**info, "status": "complete"})
+        self.save_manifest(manifest)
+        print(f"[{stage.name}] complete in {wall:.0f} s")
+
+    def _move_into_place(self, name: str, work: Path) -> None:
+        final = self.stage_dir(name)
+        if final.exists():
+            # An older result (other configuration, or --from): keep it, out of the way.
+            old_hash = json.loads((final / "stage.json").read_text()).get("config_hash", "unknown") if (final / "stage.json").exists() else "unknown"
+            target = self.run_dir / "superseded" / f"{name}-{old_hash}-{int(time.time())}"
+            target.parent.mkdir(exist_ok=True)
+            os.replace(final, target)
+        os.replace(work, final)
+        fsync_dir(self.run_dir)
+
+    def describe(self) -> str:
+        """The plan as a table (for --dry-run)."""
+        lines = [f"recipe {self.recipe.name}: {len(self.plan)} stages into {self.run_dir}", ""]
+        lines.append(f"{'#':<3} {'stage':<22} {'kind':<20} {'init':<28} {'data':<28} {'config':<16} status")
+        manifest = self.load_manifest() if self.run_dir.exists() else {"stages": [{"status": "pending"}] * len(self.plan)}
+        for stage, entry in zip(self.plan, manifest["stages"]):
+            data = getattr(stage.config, "data", None)
+            data_text = data if isinstance(data, str) else (data.source if data is not None else "(recipe default)")
+            lines.append(f"{stage.index:<3} {stage.name:<22} {stage.kind:<20} {stage.init:<28} {str(data_text)[:28]:<28} {stage.config_hash:<16} {entry.get('status', 'pending')}")
+        return "\n".join(lines)
+
+
+def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
+    """Check everything that can be checked without training: plan, data, rewards, models."""
+    from grpo.data import DataError, is_hub_id, load_rows, load_sft_rows
+    from grpo.models import resolve_model_path
+    from pipelines.recipe import reward_terms
+    from pipelines.stages.common import data_spec
+
+    runner = Runner(recipe, run_dir)
+    checks = []
+    reward_terms(recipe.rewards)
+    resolve_model_path(recipe.model)
+    checks.append(f"model {recipe.model}: found")
+    loaded: dict[str, int] = {}
+
+    def check_data(spec, sft: bool, label: str):
+        key = json.dumps(to_dict(spec), sort_keys=True)
+        if key not in loaded:
+            try:
+                loaded[key] = len((load_sft_rows if sft else load_rows)(spec))
+            except DataError as exc:
+                if not is_hub_id(spec.source):
+                    raise
+                # A hub dataset on a machine without the hub: report it, check everything else.
+                checks.append(f"{label}: {spec.source} NOT CHECKED (hub unreachable here: {str(exc)[:80]})")
+                return
+        checks.append(f"{label}: {spec.source} ({loaded[key]} rows)")
+
+    check_data(recipe.data.train, False, "data.train")
+    if recipe.data.eval is not None:
+        check_data(recipe.data.eval, False, "data.eval")
+    for stage in runner.plan:
+        cfg = stage.config
+        rewards = getattr(cfg, "rewards", None)
+        if rewards:
+            reward_terms(rewards)
+        if stage.init not in ("base",) and not stage.model_ref:
+            resolve_model_path(stage.init)
+        data = getattr(cfg, "data", None)
+        if data is not None and not is_stage_ref(data):
+            check_data(data_spec(data, None, None, stage.name), stage.kind == "sft", f"stages.{stage.name}.data")
+        mix = getattr(cfg, "mix", None)
+        if mix is not None and not is_stage_ref(mix.data):
+            check_data(data_spec(mix.data, None, None, stage.name), True, f"stages.{stage.name}.mix.data")
+        if stage.kind == "eval" and data is None and recipe.data.eval is None:
+            raise ConfigError(f"stages.{stage.name}.data: an eval stage needs data (or a recipe-level data.eval)")
+    return runner.describe() + "\n\nchecks:\n" + "\n".join(("  --  " if "NOT CHECKED" in c else "  ok  ") + c for c in checks)
+
+
+def _check_writable(path: Path) -> None:
+    probe = path / f".write-test-{os.getpid()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise OSError(f"run directory '{path}' is not writable: {exc.strerror}") from None
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")

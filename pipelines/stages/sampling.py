@@ -1,0 +1,175 @@
+"""Stage kinds that sample from a checkpoint: ``generate``, ``rejection_sampling`` and ``eval``.
+
+All three render the stage's prompts, draw ``samples_per_prompt`` completions per prompt from
+the ``init`` model and (except ``generate``) score them with the reward functions; they differ
+in what they keep and write.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from grpo.data import DataSpec
+from grpo.io import atomic_write_json, atomic_write_text
+from grpo.templates import TemplateSpec
+from pipelines.stages.base import Stage, StageContext, StageResult, register_stage
+from pipelines.stages.common import SamplingSettings, data_spec, template_of
+
+
+def _jsonl(rows: list[dict]) -> str:
+    # Token ids are for reward functions during scoring; the files keep text.
+    return "".join(json.dumps({k: v for k, v in r.items() if k != "completion_ids"}, ensure_ascii=False) + "\n" for r in rows)
+
+
+def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None):
+    """Rendered prompts of the stage's data, n samples each, from the init model."""
+    from grpo.data import load_rows
+    from grpo.evaluation import sample_completions
+    from grpo.models import load_model_and_tokenizer
+    from pipelines.train import prepare_rows
+
+    rows = load_rows(data)
+    if max_prompts is not None:
+        rows = rows[:max_prompts]
+    model, tokenizer = load_model_and_tokenizer(ctx.init_model, dtype=ctx.recipe.dtype)
+    prepared = prepare_rows(rows, template, tokenizer, ctx.recipe.grpo.max_prompt_length)
+    params = sampling.resolved(ctx.recipe.grpo)
+    return sample_completions(
+        model, tokenizer, prepared.rows, n, seed=ctx.seed, batch_prompts=sampling.batch_prompts, progress=ctx.progress, **params
+    )
+
+
+def _scored(ctx, samples, rewards):
+    from grpo.evaluation import score_samples
+    from pipelines.recipe import reward_terms
+
+    terms = reward_terms(rewards or ctx.recipe.rewards)
+    return score_samples(samples, terms), terms
+
+
+@dataclass
+class GenerateConfig:
+    data: DataSpec | str | None = None  # prompts; default data.train
+    template: TemplateSpec | str | None = None
+    samples_per_prompt: int = 4
+    max_prompts: int | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+
+@register_stage("generate")
+class GenerateStage(Stage):
+    """Sample completions into a dataset (data.jsonl), unfiltered and unscored."""
+
+    Config = GenerateConfig
+    produces = ("data",)
+
+    def run(self, ctx: StageContext) -> StageResult:
+        cfg = ctx.config
+        data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
+        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
+        atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(samples))
+        return StageResult(outputs={"data": "data.jsonl"}, metrics={"samples": len(samples)})
+
+
+@dataclass
+class MixSpec:
+    data: DataSpec | str  # general (non-reasoning) SFT rows: messages or prompt/completion
+    ratio: float = 0.25  # general rows ≈ ratio × kept reasoning rows
+
+
+@dataclass
+class RejectionSamplingConfig:
+    data: DataSpec | str | None = None  # prompts; default data.train
+    template: TemplateSpec | str | None = None
+    rewards: dict[str, float | dict[str, Any]] | None = None  # default: the recipe's rewards
+    samples_per_prompt: int = 8
+    max_prompts: int | None = None
+    keep: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})  # reward -> minimum value
+    min_length: int | None = None  # tokens
+    max_length: int | None = None
+    drop_truncated: bool = True
+    dedupe: bool = True
+    max_per_prompt: int | None = 1
+    mix: MixSpec | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+
+@register_stage("rejection_sampling")
+class RejectionSamplingStage(Stage):
+    """Sample, score, keep what passes the filters: a new SFT dataset (data.jsonl + stats.json)."""
+
+    Config = RejectionSamplingConfig
+    produces = ("data",)
+
+    def validate(self, config: RejectionSamplingConfig, recipe, path: str) -> None:
+        from grpo.schema import ConfigError
+
+        names = {name.rsplit(":", 1)[-1] for name in (config.rewards or recipe.rewards)}
+        for name in config.keep:
+            if name not in names:
+                raise ConfigError(f"{path}.keep.{name}: not one of this stage's rewards ({', '.join(sorted(names))})")
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from grpo.data import load_sft_rows
+        from grpo.evaluation import KeepRules, mix_with, select_samples, to_sft_rows
+
+        cfg = ctx.config
+        data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
+        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
+        scored, _ = _scored(ctx, samples, cfg.rewards)
+        rules = KeepRules(
+            min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
+            drop_truncated=cfg.drop_truncated, dedupe=cfg.dedupe, max_per_prompt=cfg.max_per_prompt,
+        )
+        kept, stats = select_samples(scored, rules)
+        rows = to_sft_rows(kept)
+        if cfg.mix is not None:
+            general = load_sft_rows(data_spec(cfg.mix.data, None, None, f"stages.{ctx.name}.mix.data"))
+            rows = mix_with(rows, general, cfg.mix.ratio, seed=ctx.seed)
+            stats["mixed_general_rows"] = len(rows) - len(kept)
+        if not rows:
+            raise RuntimeError(
+                f"stage {ctx.name}: no sample passed the filters ({stats['total']} sampled; rejected: {stats['rejected']}); "
+                "loosen keep: or sample more"
+            )
+        atomic_write_text(ctx.work_dir / "samples.jsonl", _jsonl(scored))
+        atomic_write_json(ctx.work_dir / "stats.json", stats)
+        atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(rows))
+        return StageResult(
+            outputs={"data": "data.jsonl"},
+            metrics={"sampled": stats["total"], "kept": stats["kept"], "rows": len(rows), "keep_rate": stats["kept"] / max(1, stats["total"])},
+        )
+
+
+@dataclass
+class EvalConfig:
+    data: DataSpec | str | None = None  # held-out prompts; default data.eval
+    template: TemplateSpec | str | None = None
+    rewards: dict[str, float | dict[str, Any]] | None = None
+    samples_per_prompt: int = 4  # k, for pass@1 (mean over k) and maj@k
+    max_prompts: int | None = None
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+
+@register_stage("eval")
+class EvalStage(Stage):
+    """pass@1, maj@k, format and language-consistency rates, lengths: eval.json and eval.md."""
+
+    Config = EvalConfig
+    produces = ("data",)
+
+    def run(self, ctx: StageContext) -> StageResult:
+        from grpo.evaluation import evaluation_summary, summary_markdown
+
+        cfg = ctx.config
+        data = data_spec(cfg.data, ctx.recipe.data.eval, ctx.data_path, f"stages.{ctx.name}.data")
+        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
+        scored, terms = _scored(ctx, samples, cfg.rewards)
+        summary = evaluation_summary(scored, terms)
+        summary["model"] = ctx.init_model
+        atomic_write_text(ctx.work_dir / "samples.jsonl", _jsonl(scored))
+        atomic_write_json(ctx.work_dir / "eval.json", summary)
+        atomic_write_text(ctx.work_dir / "eval.md", summary_markdown(summary, title=f"{ctx.name}: {ctx.init_model}"))
+        return StageResult(outputs={"data": "samples.jsonl"}, metrics=summary)
