@@ -49,6 +49,11 @@ class GRPOConfig:
     beta: float = 0.04  # KL coefficient, in the loss; 0 loads no reference model
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"
     mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no gradient (DAPO)
+    dynamic_sampling: bool = False  # DAPO: replace groups whose rewards are all equal by freshly sampled prompts
+    dynamic_sampling_max_rounds: int = 3  # at most this many extra rounds of prompts_per_step prompts per step
+
+    on_reward_error: Literal["fail", "skip"] = "fail"  # a reward that raises / returns garbage: stop, or score None and count
+    max_nonfinite_steps: int = 3  # optimiser steps skipped for NaN/inf loss or gradients before training stops
 
     # --- optimisation -----------------------------------------------------------------------
     learning_rate: float = 1e-6

@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import io
 import random
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,14 +284,21 @@ def _load_file(path: Path, spec: DataSpec):
     empty = DataError(f"data file '{path}' has no rows")
     if path.stat().st_size == 0:
         raise empty
+    from datasets.exceptions import DatasetGenerationError
+
     try:
         return datasets.load_dataset(builder, data_files={"train": str(path)}, split="train", **kwargs)
     except StopIteration:  # the json builder on a file of blank lines
         raise empty from None
-    except ValueError as exc:  # a CSV with only a header row
-        if "corresponds to no data" in str(exc):
+    except (ValueError, DatasetGenerationError) as exc:
+        if "corresponds to no data" in str(exc):  # a CSV with only a header row
             raise empty from None
-        raise
+        # A malformed file (a broken JSON line, ragged CSV rows, a corrupt parquet file): the
+        # parser's own complaint, without the builder's preamble, on one line.
+        reason = " ".join(str(exc.__cause__ or exc).split())
+        reason = re.sub(r"^.*? with error <class '[^']*'>: ", "", reason)
+        reason = reason if len(reason) <= 200 else reason[:197] + "..."
+        raise DataError(f"data file '{path}' cannot be read as {suffix[1:]}: {reason}") from exc
 
 
 def _first_line_fields(path: Path, sep: str, quoting: int | None) -> list[str]:

@@ -406,7 +406,7 @@ def resolve_model_path(name: str | os.PathLike) -> str:
     * ``org/name`` that is not a local path (and ``org`` is not a local directory)
       -> returned unchanged as a hub id;
     * a path that does not exist -> :class:`FileNotFoundError`;
-    * any other string -> :class:`ValueError` naming the accepted forms.
+    * any other string -> :class:`ModelError` (a ``ValueError``) naming the accepted forms.
     """
     if not isinstance(name, (str, os.PathLike)):
         raise TypeError(f"model name must be a string or path, got {type(name).__name__}")
@@ -433,7 +433,7 @@ def resolve_model_path(name: str | os.PathLike) -> str:
         return raw
     if is_pathlike_obj or _looks_like_path(raw) or "/" in raw:
         raise FileNotFoundError(f"model path '{raw}' does not exist")
-    raise ValueError(
+    raise ModelError(
         f"unknown model '{raw}': not an embedded alias ({', '.join(sorted(ALIASES))}), "
         f"not an existing directory, and not a Hugging Face hub id of the form 'org/name'"
     )
@@ -448,6 +448,8 @@ _DTYPES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "half": "float16",
 }
+#: Accepted ``dtype`` values (recipes are checked against these on load).
+DTYPE_NAMES = (*_DTYPES, "auto")
 
 
 def _torch_dtype(dtype: "str | torch.dtype") -> "str | torch.dtype":
@@ -508,8 +510,13 @@ def _load_model_from(
 ) -> "PreTrainedModel":
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from safetensors import SafetensorError
+
     torch_dtype = _torch_dtype(dtype)
-    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"model '{display}': cannot read its config.json: {_first_line(exc)}") from exc
     _check_causal(display, config)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -521,15 +528,28 @@ def _load_model_from(
                 f"model '{display}' is not a causal language model (got {type(config).__name__})"
             ) from exc
         raise
+    except (OSError, SafetensorError) as exc:  # no weight files, or a truncated / corrupt one
+        raise ModelError(f"model '{display}': cannot load its weights: {_first_line(exc)}") from exc
     model.to(_resolve_device(device))
     model.eval()
     return model
 
 
-def _load_tokenizer_from(path: str, trust_remote_code: bool) -> "PreTrainedTokenizerBase":
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
+def _load_tokenizer_from(path: str, trust_remote_code: bool, display: str | None = None) -> "PreTrainedTokenizerBase":
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"model '{display or path}': cannot load its tokenizer (tokenizer.json / tokenizer_config.json "
+            f"missing or unreadable): {_first_line(exc)}"
+        ) from exc
     tokenizer.padding_side = "left"  # decoder-only generation pads on the left
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -558,7 +578,7 @@ def load_tokenizer(name: str | os.PathLike, *, trust_remote_code: bool = False) 
 
     Padding is on the left; when the tokenizer has no pad token, its eos token is used.
     """
-    return _load_tokenizer_from(resolve_model_path(name), trust_remote_code)
+    return _load_tokenizer_from(resolve_model_path(name), trust_remote_code, os.fspath(name))
 
 
 def load_model_and_tokenizer(
@@ -575,7 +595,7 @@ def load_model_and_tokenizer(
     """
     path = resolve_model_path(name)
     model = _load_model_from(path, os.fspath(name), dtype, device, trust_remote_code)
-    tokenizer = _load_tokenizer_from(path, trust_remote_code)
+    tokenizer = _load_tokenizer_from(path, trust_remote_code, os.fspath(name))
     gen = getattr(model, "generation_config", None)
     if gen is not None and gen.pad_token_id is None:
         gen.pad_token_id = tokenizer.pad_token_id

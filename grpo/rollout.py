@@ -32,6 +32,36 @@ class Rollout:
         return [ids[: int(n)].tolist() for ids, n in zip(self.completion_ids, self.lengths)]
 
 
+    def select(self, rows: list[int]) -> "Rollout":
+        """The rollout restricted to ``rows`` (in that order)."""
+        idx = torch.tensor(rows, dtype=torch.long)
+        return Rollout(
+            self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.completion_mask[idx],
+            self.truncated[idx], [self.texts[i] for i in rows],
+        )
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One rollout from several: prompts re-padded on the left, completions on the right."""
+    P = max(p.prompt_ids.shape[1] for p in parts)
+    L = max(p.completion_ids.shape[1] for p in parts)
+
+    def left(t, width, value):
+        return torch.nn.functional.pad(t, (width - t.shape[1], 0), value=value)
+
+    def right(t, width, value):
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Rollout(
+        torch.cat([left(p.prompt_ids, P, pad_id) for p in parts]),
+        torch.cat([left(p.prompt_mask, P, 0) for p in parts]),
+        torch.cat([right(p.completion_ids, L, pad_id) for p in parts]),
+        torch.cat([right(p.completion_mask, L, 0) for p in parts]),
+        torch.cat([p.truncated for p in parts]),
+        [t for p in parts for t in p.texts],
+    )
+
+
 @dataclass
 class SamplingParams:
     group_size: int

@@ -197,8 +197,7 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     node = data
     for key in keys[:-1]:
         if isinstance(node, list):
-            key = int(key)
-            node = node[key]
+            node = node[_list_index(node, key, dotted)]
             continue
         if node.get(key) is None:
             node[key] = {}
@@ -207,9 +206,18 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
             raise ConfigError(f"--set {dotted}: '{key}' is not a mapping")
     last = keys[-1]
     if isinstance(node, list):
-        node[int(last)] = value
+        node[_list_index(node, last, dotted)] = value
     else:
         node[last] = value
+
+
+def _list_index(node: list, key: str, dotted: str) -> int:
+    try:
+        index = int(key)
+        node[index]
+    except (ValueError, IndexError):
+        raise ConfigError(f"--set {dotted}: expected an index below {len(node)} for a list of {len(node)} items, got '{key}'") from None
+    return index
 
 
 __all__ = ["ConfigError", "convert", "from_dict", "to_dict", "nearest", "set_dotted"]

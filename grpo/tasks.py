@@ -186,39 +186,74 @@ def _split(x: int) -> tuple[int, int] | None:
     return None
 
 
-def _operation_steps(a: int, op: str, b: int) -> list[Step]:
-    """Steps that compute ``a op b`` the way one does it in one's head (place values)."""
+def _exact(x: int) -> int:
+    return x
+
+
+def _operation_steps(a: int, op: str, b: int, slip: Callable[[int], int] = _exact) -> list[Step]:
+    """Steps that compute ``a op b`` the way one does it in one's head (place values).
+
+    Every step's result goes through ``slip`` before later steps use it: the identity by default,
+    a function that sometimes returns a wrong value for worked solutions with mistakes (the
+    mistake is then carried through, as a person's would be).
+    """
     if op == "+" and a < 100 and b < 100 and _split(a) and _split(b):  # two two-digit numbers
         (ah, al), (bh, bl) = _split(a), _split(b)
-        return [(ah, "+", bh, ah + bh), (al, "+", bl, al + bl), (ah + bh, "+", al + bl, a + b)]
+        tens, ones = slip(ah + bh), slip(al + bl)
+        return [(ah, "+", bh, tens), (al, "+", bl, ones), (tens, "+", ones, slip(tens + ones))]
     if op == "-" and a >= b and _split(b):
         bh, bl = _split(b)
-        return [(a, "-", bh, a - bh), (a - bh, "-", bl, a - b)]
+        rest = slip(a - bh)
+        return [(a, "-", bh, rest), (rest, "-", bl, slip(rest - bl))]
     if op == "*" and a >= 2 and _split(b):
         bh, bl = _split(b)
-        return [(a, "*", bh, a * bh), (a, "*", bl, a * bl), (a * bh, "+", a * bl, a * b)]
+        high, low = slip(a * bh), slip(a * bl)
+        return [(a, "*", bh, high), (a, "*", bl, low), (high, "+", low, slip(high + low))]
     if op == "*" and b >= 2 and _split(a):
         ah, al = _split(a)
-        return [(ah, "*", b, ah * b), (al, "*", b, al * b), (ah * b, "+", al * b, a * b)]
-    return [(a, op, b, _APPLY[op](a, b))]
+        high, low = slip(ah * b), slip(al * b)
+        return [(ah, "*", b, high), (al, "*", b, low), (high, "+", low, slip(high + low))]
+    return [(a, op, b, slip(_APPLY[op](a, b)))]
 
 
-def _arithmetic_steps(terms: list[int], ops: list[str]) -> list[Step]:
-    """Steps for ``t0 op0 t1 ...``: every multiplication first, then + and - left to right."""
+def _arithmetic_steps(terms: list[int], ops: list[str], slip: Callable[[int], int] = _exact) -> list[Step]:
+    """Steps for ``t0 op0 t1 ...``: every multiplication first, then + and - left to right.
+
+    The value carried from one step to the next is the step's written result, so a ``slip``
+    (see :func:`_operation_steps`) propagates to the end."""
     steps: list[Step] = []
     values, signs = [terms[0]], []
     for op, term in zip(ops, terms[1:]):
         if op == "*":
-            steps += _operation_steps(values[-1], "*", term)
-            values[-1] *= term
+            steps += _operation_steps(values[-1], "*", term, slip)
+            values[-1] = steps[-1][3]
         else:
             values.append(term)
             signs.append(op)
     total = values[0]
     for sign, value in zip(signs, values[1:]):
-        steps += _operation_steps(total, sign, value)
-        total = _APPLY[sign](total, value)
+        steps += _operation_steps(total, sign, value, slip)
+        total = steps[-1][3]
     return steps
+
+
+#: How far a slipped step's result lands from the true one (worked solutions with mistakes).
+_SLIPS = (-10, -2, -1, 1, 2, 10)
+
+
+def _one_slip(terms: list[int], ops: list[str], rng: random.Random) -> Callable[[int], int]:
+    """A ``slip`` that gets one uniformly chosen step of the worked solution wrong by a small
+    amount from :data:`_SLIPS` (keeping a non-negative result non-negative)."""
+    count = len(_arithmetic_steps(terms, ops))
+    target, delta, calls = rng.randrange(count), rng.choice(_SLIPS), [0]
+
+    def slip(x: int) -> int:
+        calls[0] += 1
+        if calls[0] - 1 != target:
+            return x
+        return x - delta if x >= 0 and x + delta < 0 else x + delta
+
+    return slip
 
 
 _EN_OPS = {"+": "+", "-": "-", "*": "*", "/": "/"}
@@ -230,43 +265,97 @@ _CONNECTORS = {
 }
 
 
-def _step_sentences(steps: list[Step], language: str, rng: random.Random) -> list[str]:
+def _step_sentence(i: int, count: int, step: Step, language: str, rng: random.Random) -> str:
+    """Step ``i`` of ``count`` as a sentence, with a connector when there are several steps."""
     first, middle, last = _CONNECTORS[language]
-    sentences = []
-    for i, (a, op, b, result) in enumerate(steps):
-        if len(steps) == 1:
-            lead = ""
-        else:
-            lead = rng.choice(first if i == 0 else last if i == len(steps) - 1 else middle)
-        if language == "en":
-            body = f"{a} {_EN_OPS[op]} {b} = {result}."
-        else:
-            body = f"{a} {_ZH_OPS[op]} {b} 等于 {result}。"
-        sentences.append(f"{lead} {body}" if lead else body)
-    return sentences
+    lead = "" if count == 1 else rng.choice(first if i == 0 else last if i == count - 1 else middle)
+    a, op, b, result = step
+    if language == "en":
+        body = f"{a} {_EN_OPS[op]} {b} = {result}."
+    else:
+        body = f"{a} {_ZH_OPS[op]} {b} 等于 {result}。"
+    return f"{lead} {body}" if lead else body
+
+
+def _step_sentences(steps: list[Step], language: str, rng: random.Random) -> list[str]:
+    return [_step_sentence(i, len(steps), step, language, rng) for i, step in enumerate(steps)]
+
+
+def _join(sentences: list[tuple[str, str]]) -> str:
+    """``(language, sentence)`` pairs as one text: Chinese sentences follow each other directly,
+    a space separates any pair that involves English."""
+    text = ""
+    for i, (language, sentence) in enumerate(sentences):
+        if i and not (language == "zh" and sentences[i - 1][0] == "zh"):
+            text += " "
+        text += sentence
+    return text
 
 
 def _r1(thought_parts: list[str], answer: str, language: str) -> str:
     return f"<think>{(' ' if language == 'en' else '').join(thought_parts)}</think><answer>{answer}</answer>"
 
 
-def _worked_arithmetic(terms: list[int], ops: list[str], expression: str, value: int, language: str, rng: random.Random) -> str:
-    """An R1-format, single-language, step-by-step solution of an arithmetic row."""
+_OTHER_LANGUAGE = {"en": "zh", "zh": "en"}
+
+
+def _worked_arithmetic(
+    terms: list[int],
+    ops: list[str],
+    expression: str,
+    value: int,
+    language: str,
+    rng: random.Random,
+    *,
+    noise: random.Random | None = None,
+    language_mix: float = 0.0,
+    format_rate: float = 1.0,
+    error_rate: float = 0.0,
+) -> str:
+    """A step-by-step solution of an arithmetic row: by default R1-format and single-language.
+
+    ``rng`` picks the wording. ``noise`` (needed when an option below is not its default) draws
+    the imperfections of a base model's pretraining text: each sentence is written in the other
+    language with probability ``language_mix``; the solution is in the R1 format with
+    probability ``format_rate`` and otherwise ends in a free-form answer sentence with no tags;
+    with probability ``error_rate`` one step's result is wrong (carried through to the answer).
+    """
     mixed = not _reads_left_to_right(ops)
-    if language == "en":
-        parts = [rng.choice(("We need {e}.", "Let's work out {e}.", "We want the value of {e}.")).format(e=expression)]
-        if mixed:
-            parts.append(rng.choice(("Multiplication comes before addition and subtraction.", "Do the multiplication first.")))
-        parts += _step_sentences(_arithmetic_steps(terms, ops), language, rng)
-        parts.append(rng.choice(("The answer is {v}.", "The result is {v}.", "Therefore the value is {v}.")).format(v=value))
+    slip = _exact
+    if noise is not None and error_rate and noise.random() < error_rate:
+        slip = _one_slip(terms, ops, noise)
+    steps = _arithmetic_steps(terms, ops, slip)
+    value = steps[-1][3] if slip is not _exact else value
+
+    def lang() -> str:
+        if noise is not None and language_mix and noise.random() < language_mix:
+            return _OTHER_LANGUAGE[language]
+        return language
+
+    sentences: list[tuple[str, str]] = []
+    opening = lang()
+    if opening == "en":
+        sentences.append(("en", rng.choice(("We need {e}.", "Let's work out {e}.", "We want the value of {e}.")).format(e=expression)))
     else:
         shown = expression if mixed else _zh_words(terms, ops)
-        parts = [rng.choice(("我们要计算 {e}。", "这个问题要求 {e} 的值。", "要算出 {e} 等于多少。")).format(e=shown)]
-        if mixed:
-            parts.append("要先算乘，再算加减。")
-        parts += _step_sentences(_arithmetic_steps(terms, ops), language, rng)
-        parts.append(rng.choice(("答案是 {v}。", "最终结果是 {v}。", "因此答案是 {v}。")).format(v=value))
-    return _r1(parts, str(value), language)
+        sentences.append(("zh", rng.choice(("我们要计算 {e}。", "这个问题要求 {e} 的值。", "要算出 {e} 等于多少。")).format(e=shown)))
+    if mixed:
+        note = lang()
+        if note == "en":
+            sentences.append(("en", rng.choice(("Multiplication comes before addition and subtraction.", "Do the multiplication first."))))
+        else:
+            sentences.append(("zh", "要先算乘，再算加减。"))
+    for i, step in enumerate(steps):
+        step_language = lang()
+        sentences.append((step_language, _step_sentence(i, len(steps), step, step_language, rng)))
+    closing = lang()
+    if closing == "en":
+        sentences.append(("en", rng.choice(("The answer is {v}.", "The result is {v}.", "Therefore the value is {v}.")).format(v=value)))
+    else:
+        sentences.append(("zh", rng.choice(("答案是 {v}。", "最终结果是 {v}。", "因此答案是 {v}。")).format(v=value)))
+    if noise is not None and format_rate < 1.0 and noise.random() >= format_rate:
+        return _join(sentences)
+    return f"<think>{_join(sentences)}</think><answer>{value}</answer>"
 
 
 @register_task("arithmetic", description="integer arithmetic: 'What is 23 + 48?' -> '71'")
@@ -281,6 +370,9 @@ def arithmetic(
     ops: str = "+-",
     allow_negative: bool = True,
     worked: bool = False,
+    language_mix: float = 0.0,
+    format_rate: float = 1.0,
+    error_rate: float = 0.0,
 ) -> list[dict]:
     """Integer expressions over ``num_terms`` numbers in ``[min_value, max_value]``.
 
@@ -289,8 +381,21 @@ def arithmetic(
     ``expression`` column (``"23 + 48"``). ``worked=True`` adds a ``completion`` column with a
     step-by-step solution in the R1 format, e.g. ``<think>We need 23 + 48. First 20 + 40 = 60.
     Then 3 + 8 = 11. So 60 + 11 = 71. The answer is 71.</think><answer>71</answer>``.
+
+    Three options (with ``worked=True`` only) make the worked solutions look like the raw text a
+    base model learns from rather than curated cold-start data (``grpo.lab`` pretrains on them):
+    ``language_mix`` is the probability that each sentence is written in the other language
+    (English <-> Chinese), ``format_rate`` the share of solutions in the R1 format (the others
+    end in a free-form answer sentence, "The answer is 71." / "答案是 71。", with no tags), and
+    ``error_rate`` the share of solutions with one wrong step, carried through to a wrong final
+    answer. The ``solution`` column always holds the true value.
     """
     _check_n(n)
+    for name, rate in (("language_mix", language_mix), ("format_rate", format_rate), ("error_rate", error_rate)):
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"task 'arithmetic': {name} must be a number in [0, 1], got {rate!r}")
+    if not worked and (language_mix, format_rate, error_rate) != (0.0, 1.0, 0.0):
+        raise ValueError("task 'arithmetic': language_mix, format_rate and error_rate shape worked solutions; set worked: true")
     if not ops or set(ops) - set("+-*"):
         raise ValueError(f"task 'arithmetic': ops must be made of '+', '-' and '*', got {ops!r}")
     if num_terms < 2:
@@ -301,6 +406,7 @@ def arithmetic(
         raise ValueError("task 'arithmetic': allow_negative=false needs min_value >= 0")
     rng = random.Random(seed)
     wording = random.Random(f"worked:{seed}")  # separate, so worked rows equal unworked ones
+    noise = random.Random(f"noise:{seed}")  # separate again, so the options leave the wording alone
     op_choices = sorted(set(ops))
     rows = []
     for lang in _languages(n, language):
@@ -319,7 +425,10 @@ def arithmetic(
             "expression": expression,
         }
         if worked:
-            row["completion"] = _worked_arithmetic(terms, chosen, expression, value, lang, wording)
+            row["completion"] = _worked_arithmetic(
+                terms, chosen, expression, value, lang, wording,
+                noise=noise, language_mix=language_mix, format_rate=format_rate, error_rate=error_rate,
+            )
         rows.append(row)
     return rows
 

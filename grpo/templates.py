@@ -139,13 +139,15 @@ def _render_plain(row: dict, spec: TemplateSpec, tokenizer: Any = None) -> str:
 
 @register_template("chat")
 def _render_chat(row: dict, spec: TemplateSpec, tokenizer: Any = None) -> str:
+    from grpo.models import ModelError  # a ValueError; the CLI prints it as one line
+
     if tokenizer is None:
-        raise ValueError(
+        raise ModelError(
             "template 'chat' needs a tokenizer with a chat template; none was given — use template: r1 or plain"
         )
     if not getattr(tokenizer, "chat_template", None):
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise ValueError(
+        raise ModelError(
             f"template 'chat' needs a tokenizer with a chat template; model {name!r} has none — "
             "use template: r1 or plain"
         )

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from grpo.advantages import compute_advantages
+from grpo.advantages import compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
-from grpo.io import append_jsonl, atomic_directory, atomic_write_json, read_jsonl
+from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
 from grpo.loss import BatchShape, policy_loss
-from grpo.rollout import Rollout, SamplingParams, get_rollout_engine
-from grpo.scoring import RewardTerm, score_completions
+from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine
+from grpo.scoring import RewardTerm, Scores, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
 TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train")
@@ -131,6 +131,7 @@ class GRPOTrainer:
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step_done = 0
+        self.nonfinite_steps = 0  # updates skipped for NaN/inf (training stops past max_nonfinite_steps)
         self.num_tokens = 0  # cumulative prompt + completion tokens seen (TRL: num_tokens)
 
     # --- setup ----------------------------------------------------------------------------
@@ -178,18 +179,14 @@ class GRPOTrainer:
         torch.manual_seed(step_seed(self.seed, step))
         batch_rows = [self.rows[i] for i in self.sampler.batch(step)]
 
-        # 1. Rollouts: G completions per prompt, grouped contiguously.
-        sampling = SamplingParams(G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
-        rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling)
-        t_rollout = time.perf_counter()
-
-        # 2. Rewards on the text, with every dataset column repeated for the group.
-        expanded = [r for r in batch_rows for _ in range(G)]
-        columns = {k: [r.get(k) for r in expanded] for k in batch_rows[0] if k != "prompt"}
-        columns["completion_ids"] = rollout.completion_id_lists
-        scores = score_completions(self.rewards, [r["prompt"] for r in expanded], rollout.texts, columns)
+        # 1-2. Rollouts (G completions per prompt, grouped contiguously) and their rewards.
+        rollout, expanded, scores, timing = self._rollout_and_score(batch_rows)
+        refill = {}
+        if cfg.dynamic_sampling:
+            rollout, expanded, scores, refill = self._dynamic_sampling(step, rollout, expanded, scores, timing)
         rewards = torch.tensor(scores.total, dtype=torch.float32)
-        t_rewards = time.perf_counter()
+        t_rollout = t0 + timing["rollout"]
+        t_rewards = t_rollout + timing["rewards"]
 
         # 3. Group-relative advantages.
         advantages, adv_stats = compute_advantages(rewards, G, cfg.advantage_estimator, cfg.reward_std_eps)
@@ -251,7 +248,18 @@ class GRPOTrainer:
                     entropies.append(((entropy * m).sum() / m.sum().clamp(min=1)).item())
             params = [p for p in self.model.parameters() if p.requires_grad]
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if not (math.isfinite(pass_loss) and math.isfinite(grad_norm)):
+                # A NaN/inf would poison the weights and Adam's moments: skip this update, count it.
+                self.optimizer.zero_grad(set_to_none=True)
+                self.nonfinite_steps += 1
+                if self.nonfinite_steps > cfg.max_nonfinite_steps:
+                    raise FloatingPointError(
+                        f"step {step}: {self.nonfinite_steps} optimiser steps had a non-finite loss or gradient "
+                        f"(max_nonfinite_steps={cfg.max_nonfinite_steps}); lower the learning rate or check the rewards"
+                    )
+                continue
+            grad_norms.append(grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             losses.append(pass_loss)
@@ -272,16 +280,18 @@ class GRPOTrainer:
             metrics[f"rewards/{term.name}/mean"] = scores.mean(term.name)
             metrics[f"rewards/{term.name}/std"] = scores.std(term.name)
         metrics.update(scores.extra_metrics)
+        metrics.update(refill)
         if kls:
             metrics["kl"] = _weighted_mean(kls)
         metrics.update(
             {
-                "loss": sum(losses) / len(losses),
+                "loss": sum(losses) / len(losses) if losses else None,
                 "clip_ratio/low_mean": _weighted_mean(clip["low"]),
                 "clip_ratio/high_mean": _weighted_mean(clip["high"]),
                 "clip_ratio/region_mean": _weighted_mean(clip["region"]),
                 "entropy": sum(entropies) / len(entropies),
-                "grad_norm": sum(grad_norms) / len(grad_norms),
+                "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else None,
+                "nonfinite_skipped": self.nonfinite_steps,
                 "learning_rate": self.scheduler.get_last_lr()[0],
                 "completions/mean_length": lengths.mean().item(),
                 "completions/max_length": lengths.max().item(),
@@ -297,6 +307,62 @@ class GRPOTrainer:
         )
         sample = self._completion_sample(step, expanded, rollout, scores, advantages)
         return metrics, sample
+
+    def _rollout_and_score(self, batch_rows: list[dict]):
+        """G completions for each row and their rewards (every dataset column repeated per group)."""
+        cfg, G = self.config, self.config.group_size
+        t0 = time.perf_counter()
+        sampling = SamplingParams(G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+        rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling)
+        t1 = time.perf_counter()
+        expanded = [r for r in batch_rows for _ in range(G)]
+        columns = {k: [r.get(k) for r in expanded] for k in batch_rows[0] if k != "prompt"}
+        columns["completion_ids"] = rollout.completion_id_lists
+        scores = score_completions(self.rewards, [r["prompt"] for r in expanded], rollout.texts, columns, cfg.on_reward_error)
+        return rollout, expanded, scores, {"rollout": t1 - t0, "rewards": time.perf_counter() - t1}
+
+    def _dynamic_sampling(self, step, rollout, expanded, scores, timing):
+        """DAPO's dynamic sampling: keep only groups whose rewards differ, refilling with new prompts.
+
+        Each extra round samples ``prompts_per_step`` more prompts (drawn from a permutation seeded
+        by (seed, step, round), so a resumed run draws the same ones), up to
+        ``dynamic_sampling_max_rounds`` rounds. The batch keeps its size: when the bound is hit,
+        the remaining places are filled with equal-reward groups, which carry zero advantage.
+        """
+        cfg, G, B = self.config, self.config.group_size, self.config.prompts_per_step
+        parts = [(rollout, expanded, scores)]
+
+        def informative(part_scores):
+            totals = torch.tensor(part_scores.total, dtype=torch.float32)
+            return (~zero_std_groups(totals, G)).tolist()
+
+        flags = [informative(scores)]
+        rounds = 0
+        while sum(sum(f) for f in flags) < B and rounds < cfg.dynamic_sampling_max_rounds:
+            rounds += 1
+            sampler = PromptSampler(len(self.rows), B, step_seed(self.seed, step) + 7_777 * rounds)
+            extra = self._rollout_and_score([self.rows[i] for i in sampler.batch(1)])
+            timing["rollout"] += extra[3]["rollout"]
+            timing["rewards"] += extra[3]["rewards"]
+            parts.append(extra[:3])
+            flags.append(informative(extra[2]))
+        ranked = [(p, g) for p, f in enumerate(flags) for g, ok in enumerate(f) if ok]
+        ranked += [(p, g) for p, f in enumerate(flags) for g, ok in enumerate(f) if not ok]
+        chosen = ranked[:B]
+        picked = []
+        for p, (part_rollout, part_rows, part_scores) in enumerate(parts):
+            groups = [g for q, g in chosen if q == p]
+            if groups:
+                rows = [g * G + j for g in groups for j in range(G)]
+                picked.append((part_rollout.select(rows), [part_rows[i] for i in rows], part_scores.select(rows)))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        merged = concat_rollouts([r for r, _, _ in picked], pad)
+        stats = {
+            "dynamic_sampling/rounds": rounds,
+            "dynamic_sampling/refill_prompts": rounds * B,
+            "dynamic_sampling/informative_groups": sum(1 for p, g in chosen if flags[p][g]) / B,
+        }
+        return merged, [r for _, rows, _ in picked for r in rows], Scores.concat([s for _, _, s in picked]), stats
 
     def _reference_logprobs(self, rollout: Rollout, rows: slice) -> torch.Tensor:
         if self.ref_model is not None:
@@ -343,6 +409,7 @@ class GRPOTrainer:
         _rewrite_jsonl(samples_path, samples)
         if history:
             self.num_tokens = history[-1]["num_tokens"]
+        self.check_disk_space()
 
         cfg = self.config
         bar = _progress(cfg.steps, self.step_done, enabled=cfg.progress)
@@ -376,6 +443,22 @@ class GRPOTrainer:
 
     # --- checkpoints ----------------------------------------------------------------------
 
+    def checkpoint_bytes(self) -> tuple[int, int]:
+        """Rough sizes of one checkpoint and of the final model, in bytes.
+
+        A checkpoint holds the trainable weights and AdamW's two moments of each (3 × their bytes);
+        the final model holds every weight once.
+        """
+        trainable = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        every = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        return 3 * trainable, every
+
+    def check_disk_space(self) -> None:
+        """Fail before step 1, with the numbers, when the output directory clearly cannot hold a
+        checkpoint and the final model (``StorageError``)."""
+        checkpoint, final = self.checkpoint_bytes()
+        check_free_space(self.output_dir, checkpoint + final, "a checkpoint (trainable weights + 2 AdamW moments) and the final model")
+
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first (a directory exists only once fully written)."""
         root = self.output_dir / "checkpoints"
@@ -392,11 +475,17 @@ class GRPOTrainer:
 
         path = self.output_dir / "checkpoints" / f"step-{step:06d}"
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_directory(path) as tmp:
-            save_file(self._trainable_state(), tmp / "model.safetensors")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optimizer.pt")
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-            (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "num_tokens": self.num_tokens, "seed": self.seed}))
+        try:
+            # pause_point: a test hook, inert unless GRPO_TEST_PAUSE_IN=checkpoint_write (tests/test_kill.py)
+            with atomic_directory(path, pause_point="checkpoint_write") as tmp:
+                save_file(self._trainable_state(), tmp / "model.safetensors")
+                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optimizer.pt")
+                torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+                (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "num_tokens": self.num_tokens, "nonfinite_steps": self.nonfinite_steps, "seed": self.seed}))
+        except StorageError as exc:
+            last = self.checkpoints()
+            kept = f"the last complete checkpoint, {last[-1].name}, is intact: free some space and resume with --resume" if last else "there is no earlier checkpoint"
+            raise StorageError(f"checkpoint of step {step} not written: no space left on the device in '{path.parent}'; {kept}") from exc
         for old in self.checkpoints()[: -self.config.keep_checkpoints]:
             shutil.rmtree(old)
         return path
@@ -425,6 +514,7 @@ class GRPOTrainer:
         random.setstate(rng["python"])
         state = json.loads((path / "trainer_state.json").read_text())
         self.num_tokens = state["num_tokens"]
+        self.nonfinite_steps = state.get("nonfinite_steps", 0)
         return int(state["step"])
 
     def save_final_model(self) -> Path:

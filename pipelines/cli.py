@@ -2,6 +2,7 @@
 
     grpo train RECIPE [--set key=value ...] [--resume]     one GRPO run
     grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run]   a staged recipe
+    grpo ablate RECIPE [--set key=value ...]                 arms × seeds, compared
     grpo rewards list                                        registered reward functions
     grpo models fetch [ALIAS] | grpo models list             embedded default models
 """
@@ -46,6 +47,15 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_ablate(args) -> int:
+    from pipelines.ablation import run_ablation
+
+    report = run_ablation(args.recipe, args.set)
+    print(f"\n{report.read_text()}")
+    print(f"table: {report}\nplot:  {report.with_suffix('.png')}")
+    return 0
+
+
 def _cmd_rewards_list(args) -> int:
     from rewards import list_rewards
 
@@ -79,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate the recipe, data, rewards and models; print the plan")
     run.set_defaults(func=_cmd_run)
 
+    ablate = sub.add_parser("ablate", help="run an ablation recipe: arms × seeds → ablation.md + plots")
+    ablate.add_argument("recipe", help="ablation recipe YAML (base, arms, seeds)")
+    ablate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value, e.g. seeds=[0,1]")
+    ablate.set_defaults(func=_cmd_ablate)
+
     rewards = sub.add_parser("rewards", help="reward functions")
     rewards_sub = rewards.add_subparsers(dest="action", required=True)
     rewards_sub.add_parser("list", help="list registered reward functions").set_defaults(func=_cmd_rewards_list)
@@ -100,16 +115,20 @@ def quiet_libraries() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    # CRITICAL, not ERROR: a file the builders cannot parse is logged by them *and* raised; we
+    # report the raised error as one line (grpo.data.DataError), the log would repeat it.
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo.data import DataError
+    from grpo.io import StorageError
     from grpo.models import ModelError
     from grpo.schema import ConfigError
     from grpo.scoring import RewardError
 
-    return (ConfigError, DataError, ModelError, RewardError, FileNotFoundError, FileExistsError)
+    # FloatingPointError: training stopped after grpo.max_nonfinite_steps NaN/inf updates.
+    return (ConfigError, DataError, ModelError, RewardError, StorageError, FloatingPointError, FileNotFoundError, FileExistsError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,8 @@ defaults for every stage. Loading checks every key and type and names the offend
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,8 @@ import yaml
 
 from grpo.config import GRPOConfig
 from grpo.data import DataSpec
-from grpo.schema import ConfigError, from_dict, set_dotted, to_dict
+from grpo.models import DTYPE_NAMES
+from grpo.schema import ConfigError, from_dict, nearest, set_dotted, to_dict
 from grpo.scoring import RewardTerm
 from grpo.templates import TemplateSpec
 
@@ -55,8 +58,9 @@ class Recipe:
         if not self.rewards:
             raise ValueError("rewards: at least one reward function is needed")
         for name, spec in self.rewards.items():
-            if isinstance(spec, dict) and not isinstance(spec.get("weight", 1.0), (int, float)):
-                raise ValueError(f"rewards.{name}.weight: expected a number, got {spec['weight']!r}")
+            reward_weight(name, spec)
+        if self.dtype.strip().lower().removeprefix("torch.") not in DTYPE_NAMES:
+            raise ValueError(f"dtype: expected one of float32, bfloat16, float16, auto, got {self.dtype!r}")
 
     @property
     def run_dir(self) -> Path:
@@ -83,6 +87,8 @@ def read_recipe_dict(path: str | Path, overrides: list[str] = ()) -> dict:
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    if data is None:
+        raise ConfigError(f"{path}: the recipe is empty; expected a mapping with at least name and data")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of recipe keys at the top level, got {type(data).__name__}")
     for text in overrides:
@@ -92,12 +98,23 @@ def read_recipe_dict(path: str | Path, overrides: list[str] = ()) -> dict:
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read, override and validate a recipe; every error names the file and the key path."""
+    """Read, override and validate a recipe; every error names the file and the key path.
+
+    Validation covers the keys and types, the reward functions (names resolve, ``module:function``
+    paths import and are callable, parameters exist) and, for staged recipes, the stage plan
+    (references, kinds, each stage's keys): nothing is loaded or trained before all of it passes.
+    """
     data = read_recipe_dict(path, overrides)
     try:
-        return from_dict(Recipe, data)
+        recipe = from_dict(Recipe, data)
+        reward_terms(recipe.rewards)
+        if recipe.stages:
+            from pipelines.runner import plan_stages  # (runner imports this module)
+
+            plan_stages(recipe)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    return recipe
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
@@ -106,16 +123,55 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 
 def reward_terms(rewards: dict[str, float | dict[str, Any]]) -> list[RewardTerm]:
     """Resolve each reward name (registered or ``module:function``) and bind its parameters."""
+    import grpo.reward_model  # noqa: F401  (registers `reward_model`, which needs torch)
     from rewards import get_reward
 
     terms = []
     for name, spec in rewards.items():
-        params = dict(spec) if isinstance(spec, dict) else {"weight": spec}
-        weight = float(params.pop("weight", 1.0))
+        try:
+            weight = reward_weight(name, spec)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        params = dict(spec) if isinstance(spec, dict) else {}
+        params.pop("weight", None)
+        when = params.pop("when", None) or {}
+        if not isinstance(when, dict):
+            raise ConfigError(f"rewards.{name}.when: expected a mapping of column: value, got {when!r}")
         try:
             fn = get_reward(name)
         except (ValueError, ImportError, AttributeError, TypeError) as exc:
             raise ConfigError(f"rewards.{name}: {exc}") from None
+        _check_parameters(name, fn, params)
         label = name.rsplit(":", 1)[-1]
-        terms.append(RewardTerm(name=label, fn=fn, weight=weight, params=params))
+        terms.append(RewardTerm(name=label, fn=fn, weight=weight, params=params, when=when))
     return terms
+
+
+def reward_weight(name: str, spec: float | dict[str, Any]) -> float:
+    """The weight of reward ``name`` (1.0 when a mapping gives none); ValueError unless a finite number."""
+    weight = spec.get("weight", 1.0) if isinstance(spec, dict) else spec
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        if isinstance(spec, dict):
+            raise ValueError(f"rewards.{name}.weight: expected a finite number, got {weight!r}")
+        raise ValueError(f"rewards.{name}: expected a finite number (the weight) or a mapping, got {weight!r}")
+    return float(weight)
+
+
+def _check_parameters(name: str, fn, params: dict[str, Any]) -> None:
+    """Recipe parameters must be named in the function's signature: a misspelt one is an error
+    here, not a keyword silently swallowed by ``**kwargs``; a required keyword-only one must be given."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a callable whose signature cannot be read: nothing to check
+        return
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    named = [p for p in signature.parameters.values() if p.kind in kinds and p.name not in ("prompts", "completions")]
+    names = [p.name for p in named]
+    for param in params:
+        if param not in names:
+            hint = nearest(param, names)
+            extra = f"did you mean {hint!r}? " if hint else ""
+            raise ConfigError(f"rewards.{name}.{param}: unknown parameter; {extra}parameters: {', '.join(names) or '(none)'}")
+    for p in named:
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is inspect.Parameter.empty and p.name not in params:
+            raise ConfigError(f"rewards.{name}.{p.name}: required parameter is missing")

@@ -28,9 +28,9 @@ from typing import Any
 
 import yaml
 
-from grpo.io import atomic_write_json, atomic_write_text, fsync_dir
+from grpo.io import atomic_write_json, atomic_write_text, check_writable, fsync_dir
 from grpo.schema import ConfigError, from_dict, nearest, to_dict
-from pipelines.recipe import Recipe
+from pipelines.recipe import Recipe, reward_terms
 from pipelines.stages import STAGE_KINDS
 from pipelines.stages.common import is_stage_ref, ref_name
 
@@ -90,6 +90,11 @@ def plan_stages(recipe: Recipe) -> list[PlannedStage]:
         validate = getattr(stage_cls(), "validate", None)
         if validate:
             validate(config, recipe, path)
+        if getattr(config, "rewards", None):
+            try:
+                reward_terms(config.rewards)  # names resolve, user functions import and are callable
+            except ConfigError as exc:
+                raise ConfigError(f"{path}.{exc}") from None
         stage = PlannedStage(i, name, kind, init, config)
         for label, ref, needs in (("init", stage.model_ref, "model"), ("data", stage.data_ref, "data")):
             if ref is None:
@@ -216,7 +221,7 @@ class Runner:
     def _output_path(self, name: str, what: str) -> str:
         info = self.completed(self.by_name[name])
         if info is None:
-            raise RuntimeError(f"stage {name!r} has not completed; run it first (without --only)")
+            raise ConfigError(f"stage {name!r} has not completed; run it first (without --only)")
         return str(self.stage_dir(name) / info["outputs"][what])
 
     # -- running
@@ -229,8 +234,7 @@ class Runner:
             if value is not None and value not in self.by_name:
                 hint = nearest(value, self.by_name)
                 raise ConfigError(f"{flag} {value}: no such stage" + (f"; did you mean {hint!r}?" if hint else f"; stages: {', '.join(self.by_name)}"))
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        _check_writable(self.run_dir)
+        check_writable(self.run_dir)
         atomic_write_text(self.run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True))
         manifest = self.load_manifest()
         self.save_manifest(manifest)
@@ -362,15 +366,6 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
         if stage.kind == "eval" and data is None and recipe.data.eval is None:
             raise ConfigError(f"stages.{stage.name}.data: an eval stage needs data (or a recipe-level data.eval)")
     return runner.describe() + "\n\nchecks:\n" + "\n".join(("  --  " if "NOT CHECKED" in c else "  ok  ") + c for c in checks)
-
-
-def _check_writable(path: Path) -> None:
-    probe = path / f".write-test-{os.getpid()}"
-    try:
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as exc:
-        raise OSError(f"run directory '{path}' is not writable: {exc.strerror}") from None
 
 
 def _jsonable(obj):

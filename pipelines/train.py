@@ -14,9 +14,9 @@ from pathlib import Path
 import yaml
 
 from grpo.config import GRPOConfig
-from grpo.data import DataSpec, load_rows
-from grpo.io import atomic_write_text
-from grpo.schema import to_dict
+from grpo.data import DataError, DataSpec, load_rows
+from grpo.io import atomic_write_text, check_writable
+from grpo.schema import ConfigError, to_dict
 from grpo.templates import TemplateSpec, render_prompts
 from pipelines.recipe import Recipe, reward_terms
 
@@ -25,20 +25,57 @@ from pipelines.recipe import Recipe, reward_terms
 class PreparedRows:
     rows: list[dict]
     dropped_too_long: int
+    limit: int | None = None  # prompt tokens allowed (None: no limit)
+    limit_reason: str = ""  # where the limit comes from, for messages
+
+    def report(self) -> str | None:
+        """The line to print when prompts were dropped."""
+        if not self.dropped_too_long:
+            return None
+        total = self.dropped_too_long + len(self.rows)
+        return f"data: dropped {self.dropped_too_long} of {total} prompts longer than {self.limit} tokens ({self.limit_reason})"
 
 
-def prepare_rows(rows: list[dict], template: TemplateSpec, tokenizer, max_prompt_length: int | None) -> PreparedRows:
-    """Render each row's prompt to model input text; drop (and count) over-long prompts."""
+def model_max_positions(model) -> int | None:
+    """The longest sequence (prompt + completion) the model's position embeddings cover, if it says."""
+    config = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def prepare_rows(rows: list[dict], template: TemplateSpec, tokenizer, max_prompt_length: int | None, *,
+                 max_new_tokens: int | None = None, max_positions: int | None = None) -> PreparedRows:
+    """Render each row's prompt to model input text; drop (and count) prompts that are too long.
+
+    Too long is over ``max_prompt_length`` tokens when that is set, else over what the model
+    takes with room left for the completion: ``max_positions - max_new_tokens``. A ``DataError``
+    when no prompt is left.
+    """
+    limit, reason = max_prompt_length, f"grpo.max_prompt_length={max_prompt_length}"
+    if limit is None and max_positions is not None and max_new_tokens is not None:
+        limit = max_positions - max_new_tokens
+        reason = f"the model's max_position_embeddings={max_positions} minus grpo.max_new_tokens={max_new_tokens}"
+        if limit < 1:
+            raise ConfigError(
+                f"grpo.max_new_tokens: must leave room for a prompt within the model's max_position_embeddings={max_positions}, got {max_new_tokens}"
+            )
     texts = render_prompts(rows, template, tokenizer)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if limit is not None else [0] * len(texts)
     out, dropped = [], 0
-    for row, text in zip(rows, texts):
-        if max_prompt_length is not None and len(tokenizer(text, add_special_tokens=False)["input_ids"]) > max_prompt_length:
+    for row, text, length in zip(rows, texts, lengths):
+        if limit is not None and length > limit:
             dropped += 1
             continue
         out.append({**row, "raw_prompt": row["prompt"], "prompt": text})
     if not out:
-        raise ValueError(f"data: all {len(rows)} prompts are longer than max_prompt_length={max_prompt_length} tokens")
-    return PreparedRows(out, dropped)
+        raise DataError(
+            f"data: all {len(rows)} prompts are longer than {limit} tokens ({reason}); the shortest has {min(lengths)}; "
+            "shorten the prompts or raise the limit"
+        )
+    return PreparedRows(out, dropped, limit, reason)
 
 
 def summarize(metrics: list[dict], window: int = 10) -> dict:
@@ -73,9 +110,10 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
     policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
-    prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length)
-    if prepared.dropped_too_long:
-        print(f"data: dropped {prepared.dropped_too_long} prompts longer than {config.max_prompt_length} tokens")
+    prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
+                            max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
+    if prepared.report():
+        print(prepared.report())
     trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed)
     return trainer.train(resume=resume)
 
@@ -86,7 +124,7 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
     reward_terms(recipe.rewards)
     if run_dir.exists() and not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it or set output_dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(run_dir)  # before anything is loaded; the free space is checked once the model is
     atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
     started = time.perf_counter()
     result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,

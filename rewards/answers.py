@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import re
 
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _BOXED_COMMAND = re.compile(r"\\(?:boxed|fbox)\s*\{")
-# GSM8K's "#### 72" must be the last thing in the text (trailing whitespace allowed).
-_FINAL_HASHES = re.compile(r"####[ \t]*([^\n]*?)\s*\Z")
 _GOLD_HASHES = re.compile(r"####[ \t]*([^\n]*)")
 
 # A number written with thousands separators: "1,234", "-12,345.5", LaTeX "1{,}234" or "1\,234".
@@ -70,9 +67,8 @@ def extract_completion_answer(text: str) -> str | None:
     """
     if not text:
         return None
-    tagged = [m.group(1) for m in _ANSWER_TAG.finditer(text)]
-    if tagged:
-        content = tagged[-1]
+    content = _last_answer_tag(text)
+    if content is not None:
         boxed = last_boxed(content)
         answer = boxed if boxed is not None else content.strip()
         if answer:
@@ -80,10 +76,37 @@ def extract_completion_answer(text: str) -> str | None:
     boxed = last_boxed(text)
     if boxed:
         return boxed
-    match = _FINAL_HASHES.search(text)
-    if match and match.group(1).strip():
-        return match.group(1).strip()
-    return None
+    return _final_hashes(text)
+
+
+def _last_answer_tag(text: str) -> str | None:
+    """Content of the last ``<answer>...</answer>`` pair, pairing each opener with the next closer.
+
+    (The regex ``<answer>(.*?)</answer>`` finds the same pairs but re-scans the rest of the text
+    from every unclosed opener: quadratic, minutes on 100k characters of ``<answer>``.)
+    """
+    found, pos = None, 0
+    while True:
+        start = text.find("<answer>", pos)
+        if start < 0:
+            return found
+        end = text.find("</answer>", start + 8)
+        if end < 0:  # no closer after this opener, so none after any later one either
+            return found
+        found, pos = text[start + 8 : end], end + 9
+
+
+def _final_hashes(text: str) -> str | None:
+    """GSM8K's ``#### 72`` when it ends the text (trailing whitespace allowed), else None.
+
+    Linear: only the last line can hold it (a regex search retried from every ``####`` is quadratic).
+    """
+    body = text.rstrip()
+    line = body[body.rfind("\n") + 1 :]
+    index = line.find("####")
+    if index < 0:
+        return None
+    return line[index + 4 :].strip() or None
 
 
 def extract_gold_answer(text: str | int | float | None) -> str | None:

@@ -29,14 +29,15 @@ __all__ = ["countdown", "countdown_score", "final_expression", "evaluate_express
 MAX_EXPRESSION_CHARS = 200  # longer "expressions" are not answers to a 3-6 number puzzle
 TOLERANCE = 1e-6
 
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_ANSWER_OPEN = re.compile(r"<answer>", re.IGNORECASE)
+_ANSWER_CLOSE = re.compile(r"</answer>", re.IGNORECASE)
 _ALLOWED_CHARS = re.compile(r"[0-9+\-*/().\s]*")
 _REPLACEMENTS = {"×": "*", "·": "*", "÷": "/", "−": "-", "–": "-", "\\times": "*", "\\div": "/", "\\cdot": "*"}
 
 
 def final_expression(completion: str) -> str:
     """The candidate expression: the last ``<answer>`` block, else the last non-empty line."""
-    blocks = _ANSWER.findall(completion)
+    blocks = _answer_blocks(completion)
     if blocks:
         text = blocks[-1]
     else:
@@ -46,6 +47,26 @@ def final_expression(completion: str) -> str:
     for old, new in _REPLACEMENTS.items():
         text = text.replace(old, new)
     return text.rstrip(".。").strip()
+
+
+def _answer_blocks(text: str) -> list[str]:
+    """What ``re.findall(r"<answer>(.*?)</answer>", text, re.S | re.I)`` gives, in linear time.
+
+    (That regex re-scans the rest of the text from every unclosed opener: quadratic, seconds on a
+    long completion of repeated ``<answer>`` tags.)
+    """
+    closers = list(_ANSWER_CLOSE.finditer(text))
+    blocks, pos, j = [], 0, 0
+    for opener in _ANSWER_OPEN.finditer(text):
+        if opener.start() < pos:
+            continue
+        while j < len(closers) and closers[j].start() < opener.end():
+            j += 1
+        if j == len(closers):
+            break
+        blocks.append(text[opener.end() : closers[j].start()])
+        pos = closers[j].end()
+    return blocks
 
 
 def _value(node: ast.AST, used: list[int]) -> Fraction:

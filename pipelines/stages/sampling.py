@@ -28,14 +28,17 @@ def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSetti
     from grpo.data import load_rows
     from grpo.evaluation import sample_completions
     from grpo.models import load_model_and_tokenizer
-    from pipelines.train import prepare_rows
+    from pipelines.train import model_max_positions, prepare_rows
 
     rows = load_rows(data)
     if max_prompts is not None:
         rows = rows[:max_prompts]
     model, tokenizer = load_model_and_tokenizer(ctx.init_model, dtype=ctx.recipe.dtype)
-    prepared = prepare_rows(rows, template, tokenizer, ctx.recipe.grpo.max_prompt_length)
     params = sampling.resolved(ctx.recipe.grpo)
+    prepared = prepare_rows(rows, template, tokenizer, ctx.recipe.grpo.max_prompt_length,
+                            max_new_tokens=params["max_new_tokens"], max_positions=model_max_positions(model))
+    if prepared.report():
+        print(f"[{ctx.name}] {prepared.report()}")
     return sample_completions(
         model, tokenizer, prepared.rows, n, seed=ctx.seed, batch_prompts=sampling.batch_prompts, progress=ctx.progress, **params
     )
@@ -112,7 +115,7 @@ class RejectionSamplingStage(Stage):
                 raise ConfigError(f"{path}.keep.{name}: not one of this stage's rewards ({', '.join(sorted(names))})")
 
     def run(self, ctx: StageContext) -> StageResult:
-        from grpo.data import load_sft_rows
+        from grpo.data import DataError, load_sft_rows
         from grpo.evaluation import KeepRules, mix_with, select_samples, to_sft_rows
 
         cfg = ctx.config
@@ -130,13 +133,14 @@ class RejectionSamplingStage(Stage):
             rows = mix_with(rows, general, cfg.mix.ratio, seed=ctx.seed)
             stats["mixed_general_rows"] = len(rows) - len(kept)
         if not rows:
-            raise RuntimeError(
+            raise DataError(
                 f"stage {ctx.name}: no sample passed the filters ({stats['total']} sampled; rejected: {stats['rejected']}); "
                 "loosen keep: or sample more"
             )
         atomic_write_text(ctx.work_dir / "samples.jsonl", _jsonl(scored))
         atomic_write_json(ctx.work_dir / "stats.json", stats)
-        atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(rows))
+        # pause_point: a test hook, inert unless GRPO_TEST_PAUSE_IN=rejection_sampling_write (tests/test_kill.py)
+        atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(rows), pause_point="rejection_sampling_write")
         return StageResult(
             outputs={"data": "data.jsonl"},
             metrics={"sampled": stats["total"], "kept": stats["kept"], "rows": len(rows), "keep_rate": stats["kept"] / max(1, stats["total"])},
