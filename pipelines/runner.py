@@ -199,6 +199,8 @@ class Runner:
                 entry["status"] = "complete"
             elif entry.get("status") in ("complete", None) or entry.get("config_hash") != stage.config_hash:
                 entry["status"] = "pending"
+            elif entry["status"] == "running":
+                entry["status"] = "interrupted"  # the process that was running it is gone (killed)
             manifest["stages"].append(entry)
         return manifest
 

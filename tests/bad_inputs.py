@@ -66,7 +66,7 @@ def base_recipe(ctx: Ctx) -> dict:
         "data": {"train": {"source": "synthetic:arithmetic", "size": 8, "options": dict(ARITH)}},
         "template": {"kind": "chat"},
         "rewards": {"accuracy": 1.0, "format": 0.5},
-        "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 4, "save_every": 1, "progress": False},
+        "grpo": {"steps": 1, "prompts_per_step": 2, "group_size": 4, "max_new_tokens": 4, "save_every": 100, "progress": False},
     }
 
 
@@ -382,7 +382,7 @@ MODEL_CASES = [
          _model_copy(name="no-tokenizer", drop=("tokenizer", "special_tokens_map.json", "chat_template.jinja"))),
     Case(M, "no_chat_template", "template 'chat' needs a tokenizer with a chat template; model '{tmp}/no-template' has none — use template: r1 or plain",
          ("no-template",), _model_copy(name="no-template", edit=_no_chat_template)),
-    Case(M, "unknown_name", "unknown model 'smollm3': not an embedded alias (smollm2-135m-instruct)", ("smollm3",), lambda c: "smollm3"),
+    Case(M, "unknown_name", "unknown model 'smollm3': not an embedded alias (", ("smollm3",), lambda c: "smollm3"),
 ]
 
 
@@ -434,6 +434,8 @@ STORAGE_CASES = [
     Case(T, "run_dir_unwritable", "run directory '{tmp}/a-file/run' is not writable: Not a directory; choose another output_dir", ("a-file/run",),
          command=("run",)),
     Case(T, "disk_too_small", "has 1.0 MB free, but a checkpoint (trainable weights + 2 AdamW moments) and the final model needs about", ("run",)),
+    Case(T, "file_write_disk_full", "no space left on the device while writing '{tmp}/stats.json'; free some space and rerun", ("stats.json",)),
+    Case(T, "append_disk_full", "no space left on the device while writing '{tmp}/metrics.jsonl'; free some space and rerun", ("metrics.jsonl",)),
     Case(T, "disk_full_mid_checkpoint", "checkpoint of step 2 not written: no space left on the device in '{tmp}/run/checkpoints'; "
          "the last complete checkpoint, step-000001, is intact: free some space and resume with --resume", ("step-000001",)),
 ]
@@ -465,4 +467,11 @@ def cli_error(argv: list[str], capsys) -> str:
 
 
 __all__ = ["Case", "Ctx", "ALL_CASES", "RECIPE_CASES", "STAGE_CASES", "DATA_CASES", "MODEL_CASES", "REWARD_CASES", "STORAGE_CASES",
-           "base_recipe", "staged_recipe", "check_message", "cli_error"]
+           "base_recipe", "staged_recipe", "check_message", "cli_error", "skip_plots"]
+
+
+def skip_plots(monkeypatch) -> None:
+    """curves.png costs a second or more per write; tests that only check errors and state skip it."""
+    import grpo.plots
+
+    monkeypatch.setattr(grpo.plots, "plot_training_curves", lambda *args, **kwargs: None)

@@ -114,12 +114,12 @@ def test_rewards_list(capsys):
 
 
 def test_user_reward_by_module_path(tiny_model_dir, tmp_path, monkeypatch):
-    (tmp_path / "my_rewards.py").write_text(textwrap.dedent('''
+    (tmp_path / "cli_user_rewards.py").write_text(textwrap.dedent('''
         def short(prompts, completions, *, limit=5, **kwargs):
             return [1.0 if len(c) <= limit else 0.0 for c in completions]
     '''))
     monkeypatch.syspath_prepend(str(tmp_path))
-    text = RECIPE.replace("format: 0.5", "my_rewards:short: {{weight: 2.0, limit: 3}}")
+    text = RECIPE.replace("format: 0.5", "cli_user_rewards:short: {{weight: 2.0, limit: 3}}")
     recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, text=text))
     terms = {t.name: t for t in reward_terms(recipe.rewards)}
     assert terms["short"].weight == 2.0 and terms["short"].params == {"limit": 3}

@@ -7,7 +7,7 @@ count. The cases are the table DATA_CASES in tests/bad_inputs.py.
 
 import pytest
 
-from bad_inputs import DATA_CASES, Ctx, base_recipe, check_message, cli_error, staged_recipe
+from bad_inputs import DATA_CASES, Ctx, base_recipe, check_message, cli_error, skip_plots, staged_recipe
 from test_errors_recipe import write_recipe
 
 ERRORS = [c for c in DATA_CASES if not c.warn]
@@ -44,11 +44,12 @@ def test_some_golds_unparseable_are_skipped_with_a_count(ctx):
     check_message(str(warning.message), case, ctx.tmp)
 
 
-def test_some_prompts_over_max_prompt_length_are_dropped_with_a_count(ctx, capsys):
+def test_some_prompts_over_max_prompt_length_are_dropped_with_a_count(ctx, capsys, monkeypatch):
     """Through `grpo train`: the count is printed and training goes on with the rest."""
     from grpo.io import read_jsonl
     from pipelines.cli import main
 
+    skip_plots(monkeypatch)
     case = WARNINGS["some_prompts_over_max_prompt_length"]
     recipe = base_recipe(ctx)
     recipe["data"]["train"] = case.make(ctx)

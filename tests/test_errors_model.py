@@ -24,12 +24,14 @@ def test_model_error(case, ctx, capsys):
     assert not (ctx.tmp / "run" / "metrics.jsonl").exists()
 
 
-def test_plain_templates_need_no_chat_template(ctx, capsys):
-    """The fix the no-chat-template message suggests works: template: r1 on the same model."""
+def test_plain_templates_need_no_chat_template(ctx):
+    """The fix the no-chat-template message suggests works: template: r1 (or plain) on the same model."""
     from bad_inputs import _model_copy, _no_chat_template
-    from pipelines.cli import main
+    from grpo.models import load_tokenizer
+    from grpo.templates import TemplateSpec, render_prompts
 
-    recipe = base_recipe(ctx)
-    recipe["model"] = _model_copy(name="no-template", edit=_no_chat_template)(ctx)
-    recipe["template"] = "r1"
-    assert main(["train", str(write_recipe(ctx, recipe))]) == 0
+    tokenizer = load_tokenizer(_model_copy(name="no-template", edit=_no_chat_template)(ctx))
+    assert not tokenizer.chat_template
+    rows = [{"prompt": "What is 2+2?"}]
+    assert render_prompts(rows, TemplateSpec(kind="r1"), tokenizer)[0].endswith("User: What is 2+2?. Assistant:")
+    assert render_prompts(rows, TemplateSpec(kind="plain"), tokenizer) == ["What is 2+2?"]

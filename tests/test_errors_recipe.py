@@ -3,6 +3,7 @@
 The cases are the tables RECIPE_CASES and STAGE_CASES in tests/bad_inputs.py.
 """
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,8 @@ NOT_FILE_PREFIXED = {"missing_file", "set_without_value"}
 @pytest.fixture
 def ctx(tmp_path, tiny_model_dir, monkeypatch) -> Ctx:
     monkeypatch.syspath_prepend(str(tmp_path))  # user reward modules are written here
+    # Each case writes its own my_rewards.py: never reuse a module imported by an earlier case.
+    monkeypatch.delitem(sys.modules, "my_rewards", raising=False)
     return Ctx(tmp_path, tiny_model_dir)
 
 

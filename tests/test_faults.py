@@ -1,10 +1,18 @@
-"""Faults during training: rewards that misbehave, non-finite losses."""
+"""Faults during training: rewards that misbehave, non-finite losses, pathological completions for
+the math checker, an unwritable or full disk. (Kill -9 is in test_kill.py, bad inputs in test_errors_*.py.)"""
 
+import errno
+import json
 import math
+import shutil
+import time
 
 import pytest
 import torch
+import yaml
 
+from bad_inputs import COMPLETIONS as CONTRACT_ROWS
+from bad_inputs import REWARD_CASES, STORAGE_CASES, Ctx, base_recipe, check_message, cli_error, skip_plots
 from grpo.scoring import RewardError, RewardTerm, score_completions
 
 
@@ -78,12 +86,6 @@ def test_nonfinite_loss_skips_the_update_then_stops(tiny_model_dir, tmp_path, mo
 
 # --------------------------------------------------------------------------- the registered reward faults
 
-import errno  # noqa: E402
-import shutil  # noqa: E402
-import time  # noqa: E402
-
-from bad_inputs import COMPLETIONS as CONTRACT_ROWS, REWARD_CASES, STORAGE_CASES, Ctx, base_recipe, check_message, cli_error  # noqa: E402
-
 STORAGE = {c.id: c for c in STORAGE_CASES}
 
 
@@ -115,10 +117,6 @@ def picky(prompts, completions, **kwargs):
 
 
 def _picky_recipe(ctx: Ctx) -> str:
-    import json
-
-    import yaml
-
     data = ctx.write("two.jsonl", "".join(json.dumps(r) + "\n" for r in ({"prompt": "What is 1+1?", "solution": "2"}, {"prompt": "What is 2+2?", "solution": "4"})))
     ctx.write("picky_rewards.py", PICKY)
     recipe = base_recipe(ctx)
@@ -139,6 +137,7 @@ def test_reward_that_raises_is_skipped_and_counted_with_on_reward_error_skip(tmp
     from grpo.io import read_jsonl
     from pipelines.cli import main
 
+    skip_plots(monkeypatch)
     monkeypatch.syspath_prepend(str(tmp_path))
     recipe = _picky_recipe(Ctx(tmp_path, tiny_model_dir))
     assert main(["train", recipe, "--set", "grpo.on_reward_error=skip"]) == 0
@@ -151,10 +150,14 @@ def test_nonfinite_steps_stop_grpo_train_with_one_line(tmp_path, tiny_model_dir,
     import grpo.trainer as trainer_module
 
     real = trainer_module.policy_loss
-    monkeypatch.setattr(trainer_module, "policy_loss", lambda *a, **k: (lambda loss, stats: (loss * float("nan"), stats))(*real(*a, **k)))
-    import yaml
 
-    recipe = Ctx(tmp_path, tiny_model_dir).write("r.yaml", yaml.safe_dump(base_recipe(Ctx(tmp_path, tiny_model_dir))))
+    def nan_loss(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(trainer_module, "policy_loss", nan_loss)
+    ctx = Ctx(tmp_path, tiny_model_dir)
+    recipe = ctx.write("r.yaml", yaml.safe_dump(base_recipe(ctx)))
     message = cli_error(["train", recipe, "--set", "grpo.max_nonfinite_steps=0"], capsys)
     assert message == "step 1: 1 optimiser steps had a non-finite loss or gradient (max_nonfinite_steps=0); lower the learning rate or check the rewards"
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -163,7 +166,7 @@ def test_nonfinite_steps_stop_grpo_train_with_one_line(tmp_path, tiny_model_dir,
 # --------------------------------------------------------------------------- pathological completions for the math checker
 
 # Inputs that reach the worker and would run for minutes without the deadline.
-SLOW_ANSWERS = [r"9^{9^{9^{9}}}", r"99^{99^{99}}", "1000000!", "+".join(["1"] * 600), r"e^{e^{e^{e^{e}}}}"]
+SLOW_ANSWERS = [r"99^{99^{99}}", "1000000!", "+".join(["1"] * 600)]  # (power towers: in the batch test below)
 # Inputs rejected before any parsing.
 HUGE_ANSWERS = ["9" * 100_000, r"\frac{" * 40 + "1" + "}" * 40, r"\left(" * 300, "{" * 5000]
 
@@ -202,7 +205,7 @@ def _pathological_batch(G: int = 16):
     them), and a few power towers repeated across their group (one deadline each, then cached).
     """
     completions, golds = [], []
-    expected = {"timeouts": 0, "too_long": 0, "too_deep": 0, "cache_hits": 0, "timeout_rows": 0}
+    expected = {"timeouts": 0, "too_long": 0, "too_deep": 0, "cache_hits": 0, "timeout_rows": 0, "correct": 0}
 
     def group(texts, gold):
         completions.extend(texts)
@@ -225,15 +228,17 @@ def _pathological_batch(G: int = 16):
         group([f"#### {g} {j} " * 3000 + "\nno final answer" for j in range(G)], "7")
     for g in range(10):
         group([f"<answer>{j}<answer>{g}" * 2000 for j in range(G)], "7")
-    for g in range(10):
+    for g in range(10):  # distinct fractions, each parsed by the worker; the first of each group is right
         group([rf"<answer>\frac{{{g * G + j}}}{{{g + 97}}}</answer>" for j in range(G)], rf"\frac{{{g * G}}}{{{g + 97}}}")
-    for g in range(n_groups - len(completions) // G):
+        expected["correct"] += 1
+    for g in range(n_groups - len(completions) // G):  # plain integers, a third of them right
         group([f"<think>adding</think><answer>{g + j % 3}</answer>" for j in range(G)], str(g))
+        expected["correct"] += sum(j % 3 == 0 for j in range(G))
     assert len(completions) == 10_000
     return completions, golds, expected
 
 
-def test_ten_thousand_pathological_completions_are_scored_in_bounded_time(quick_verifier, monkeypatch):
+def test_ten_thousand_pathological_completions_are_scored_in_bounded_time(monkeypatch):
     from rewards import accuracy as accuracy_module
     from rewards.accuracy import accuracy_reward
     from rewards.verify import MathVerifier
@@ -250,36 +255,32 @@ def test_ten_thousand_pathological_completions_are_scored_in_bounded_time(quick_
     finally:
         verifier.close()
     assert elapsed < 45.0, elapsed  # ~10 s here; each slow answer costs one deadline (3 s) at most
-    assert stats["timeouts"] == expected["timeouts"] and stats["cache_hits"] >= expected["cache_hits"]
-    assert stats["too_long"] == expected["too_long"] and stats["too_deep"] == expected["too_deep"]
-    assert logged["accuracy/verify_timeouts"] == pytest.approx(expected["timeout_rows"] / 10_000)
-    assert len(rewards) == 10_000 and set(rewards) == {0.0, 1.0}
-    assert sum(rewards) == sum(1 for c, g in zip(completions, golds) if c == f"<think>adding</think><answer>{g}</answer>") + 10  # + each fraction group's own gold
+    for key in ("timeouts", "cache_hits", "too_long", "too_deep"):
+        assert stats[key] == expected[key], (key, stats)
+    assert logged["accuracy/verify_timeouts"] == pytest.approx(expected["timeout_rows"] / 10_000)  # the count of timeouts, logged
+    assert len(rewards) == 10_000 and sum(rewards) == expected["correct"] and set(rewards) == {0.0, 1.0}
 
 
 # --------------------------------------------------------------------------- storage: unwritable, too small, full
 
 
 def _storage_recipe(ctx: Ctx, **grpo) -> str:
-    import yaml
-
     recipe = base_recipe(ctx)
     recipe["grpo"].update(grpo)
     return ctx.write("r.yaml", yaml.safe_dump(recipe))
 
 
-@pytest.mark.parametrize("command", ["train", "run"])
-def test_unwritable_run_directory_fails_before_anything_runs(command, tmp_path, tiny_model_dir, capsys):
-    import yaml
-
+@pytest.mark.parametrize("case", [STORAGE["train_dir_unwritable"], STORAGE["run_dir_unwritable"]], ids=repr)
+def test_unwritable_run_directory_fails_before_anything_runs(case, tmp_path, tiny_model_dir, capsys):
+    """(Tests run as root, for whom permissions do not stop a write: the run directory's parent is a file.)"""
     ctx = Ctx(tmp_path, tiny_model_dir)
     ctx.write("a-file", "not a directory")
     recipe = base_recipe(ctx)
     recipe["output_dir"] = str(tmp_path / "a-file" / "run")
-    if command == "run":
+    if case.command == ("run",):
         recipe["stages"] = [{"name": "rl", "kind": "grpo"}]
-    message = cli_error([command, ctx.write("r.yaml", yaml.safe_dump(recipe))], capsys)
-    check_message(message, STORAGE[f"{command}_dir_unwritable"], tmp_path)
+    message = cli_error([*case.command, ctx.write("r.yaml", yaml.safe_dump(recipe))], capsys)
+    check_message(message, case, tmp_path)
 
 
 def test_too_little_disk_space_fails_before_step_one(tmp_path, tiny_model_dir, monkeypatch, capsys):
@@ -291,13 +292,58 @@ def test_too_little_disk_space_fails_before_step_one(tmp_path, tiny_model_dir, m
     assert not (run / "metrics.jsonl").exists() and not (run / "checkpoints").exists()
 
 
+def test_disk_full_in_a_file_write_keeps_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    """fsync is where a full disk often shows (delayed allocation): the old file stays, the temp goes."""
+    import os
+
+    import grpo.io
+    from grpo.io import StorageError, append_jsonl, atomic_write_json, read_jsonl
+
+    target = tmp_path / "stats.json"
+    atomic_write_json(target, {"kept": 1})
+    append_jsonl(tmp_path / "metrics.jsonl", {"step": 1})
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError) as info:
+        atomic_write_json(target, {"kept": 2})
+    check_message(str(info.value), STORAGE["file_write_disk_full"], tmp_path)
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"kept": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl", "stats.json"]
+
+    class HalfWrite:  # writes half the line, then the disk is full
+        def __init__(self, path, mode, encoding=None):
+            self.f = open(path, mode, encoding=encoding)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, text):
+            self.f.write(text[: len(text) // 2])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(grpo.io, "open", HalfWrite, raising=False)
+    with pytest.raises(StorageError) as info:
+        append_jsonl(tmp_path / "metrics.jsonl", {"step": 2, "reward": 0.5})
+    check_message(str(info.value), STORAGE["append_disk_full"], tmp_path)
+    monkeypatch.undo()
+    assert read_jsonl(tmp_path / "metrics.jsonl") == [{"step": 1}]  # the torn line is not read as a row
+
+
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """ENOSPC halfway through writing step 2's checkpoint: one-line error, step 1's checkpoint intact,
     the half-written one never taken for a checkpoint, and --resume continues from step 1."""
     from grpo.io import read_jsonl
     from pipelines.cli import main
 
-    recipe = _storage_recipe(Ctx(tmp_path, tiny_model_dir), steps=3)
+    skip_plots(monkeypatch)
+    recipe = _storage_recipe(Ctx(tmp_path, tiny_model_dir), steps=2, save_every=1)
     real_save = torch.save
 
     def save_until_full(obj, f, *args, **kwargs):
@@ -317,6 +363,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path, tiny_mod
     # A partial directory as a kill would leave it is not taken for a checkpoint either.
     (ckpts / ".step-000002.tmp").mkdir()
     (ckpts / ".step-000002.tmp" / "model.safetensors").write_bytes(b"\0" * 10)
+    capsys.readouterr()
     assert main(["train", recipe, "--resume"]) == 0
-    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2, 3]
-    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000002", "step-000003"]
+    assert [m["step"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step-000001", "step-000002"]
