@@ -271,6 +271,21 @@ def _encode_corpus(spec: LabSpec):
     return rows, tokenizer, examples
 
 
+def _batches(examples: list, batch_size: int, rng: random.Random, pool: int = 4) -> Iterator[list[int]]:
+    """Endless batches of example indices: each epoch is shuffled, cut into pools of ``pool``
+    batches whose examples are sorted by length (so a batch pads little), and the batches of
+    the epoch are shuffled again."""
+    while True:
+        order = list(range(len(examples)))
+        rng.shuffle(order)
+        epoch = []
+        for start in range(0, len(order), batch_size * pool):
+            chunk = sorted(order[start : start + batch_size * pool], key=lambda i: len(examples[i][0]) + len(examples[i][1]))
+            epoch += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+        rng.shuffle(epoch)
+        yield from (b for b in epoch if len(b) == batch_size)
+
+
 def _train(model, tokenizer, examples, spec: LabSpec, progress: bool, callback=None) -> dict:
     """Pretrain ``model`` on ``examples`` (loss on completions only); returns training figures.
 
@@ -288,19 +303,15 @@ def _train(model, tokenizer, examples, spec: LabSpec, progress: bool, callback=N
         return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    order_rng = random.Random(spec.seed)
-    order: list[int] = []
+    batches = _batches(examples, spec.batch_size, random.Random(spec.seed))
+    norm = spec.batch_size * sum(len(c) for _, c in examples) / len(examples)  # completion tokens in a typical batch
     losses: list[float] = []
     tokens = 0
     pad = tokenizer.pad_token_id
     t0 = time.perf_counter()
     bar = tqdm(total=spec.steps, disable=not progress, desc="lab pretrain", unit="step", dynamic_ncols=True)
     for step in range(spec.steps):
-        if len(order) < spec.batch_size:  # a fresh permutation each epoch
-            epoch = list(range(len(examples)))
-            order_rng.shuffle(epoch)
-            order += epoch
-        batch, order = [examples[i] for i in order[: spec.batch_size]], order[spec.batch_size :]
+        batch = [examples[i] for i in next(batches)]
         width = max(len(p) + len(c) for p, c in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -309,13 +320,19 @@ def _train(model, tokenizer, examples, spec: LabSpec, progress: bool, callback=N
             ids[row, : len(p) + len(c)] = torch.tensor(p + c)
             labels[row, len(p) : len(p) + len(c)] = torch.tensor(c)
             mask[row, : len(p) + len(c)] = 1
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        # Summed over tokens and divided by a constant, so every completion token weighs the same
+        # whether its batch holds long or short sequences (batches are grouped by length).
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+        ) / norm
+        batch_tokens = int((labels != -100).sum())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        losses.append(loss.item())
+        losses.append(loss.item() * norm / batch_tokens)  # the batch's mean loss per token
         tokens += int(mask.sum())
         bar.update(1)
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}", tok_s=f"{tokens / (time.perf_counter() - t0):.0f}")

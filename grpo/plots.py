@@ -27,6 +27,19 @@ def smooth(ys: list[float], window: int) -> list[float]:
     return out
 
 
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """Lay out, write atomically as PNG (temp name, then rename) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
 def plot_training_curves(rows: list[dict], path: str | os.PathLike, title: str = "") -> Path:
     """Reward (total and per function), KL, completion length and loss against step; written atomically."""
     import matplotlib
@@ -57,9 +70,4 @@ def plot_training_curves(rows: list[dict], path: str | os.PathLike, title: str =
             ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

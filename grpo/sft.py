@@ -27,7 +27,6 @@ Run directory::
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -274,7 +273,7 @@ def plot_sft_curves(rows: list[dict], path: str | Path, title: str = "") -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from grpo.plots import smooth
+    from grpo.plots import save_figure, smooth
 
     path = Path(path)
     window = max(1, len(rows) // 10)
@@ -290,12 +289,7 @@ def plot_sft_curves(rows: list[dict], path: str | Path, title: str = "") -> Path
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- #

@@ -422,7 +422,8 @@ class GRPOTrainer:
             self.step_done = step
             if step % cfg.save_every == 0 or step == cfg.steps:
                 self.save_checkpoint(step)
-                self._plot(history)
+                if step != cfg.steps:  # the final plot is drawn once, after the loop
+                    self._plot(history)
             bar.update(1)
             bar.set_postfix(
                 reward=f"{metrics['reward']:.3f}",

@@ -248,7 +248,7 @@ def plot_ablation(runs: list[ArmRun], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from grpo.plots import smooth
+    from grpo.plots import save_figure, smooth
 
     arms = list(dict.fromkeys(r.arm for r in runs))
     fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
@@ -273,9 +273,4 @@ def plot_ablation(runs: list[ArmRun], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

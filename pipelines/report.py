@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from grpo.io import atomic_write_text, read_jsonl
@@ -58,7 +57,7 @@ def plot_rl_stages(stages: list[tuple[str, list[dict]]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from grpo.plots import smooth
+    from grpo.plots import save_figure, smooth
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     offset = 0
@@ -76,9 +75,4 @@ def plot_rl_stages(stages: list[tuple[str, list[dict]]], path: Path) -> Path:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=8)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path)

@@ -8,6 +8,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Tiny models: one thread is faster than two fighting over small matrices (and over the cores
+# with subprocesses some tests start).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+import torch  # noqa: E402  (after the environment is set)
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
