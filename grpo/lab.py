@@ -4,22 +4,28 @@ DeepSeek-R1-Zero began from a base model that could sometimes solve the problems
 reasoning drifted between languages, and that seldom kept to the ``<think>…</think>
 <answer>…</answer>`` format. :func:`build_lab_model` makes such a model on a CPU: a character-level
 Llama (:mod:`grpo.tiny`) pretrained for a few minutes on worked solutions of the ``arithmetic``
-task whose
+task (``synthetic:arithmetic`` with ``worked``, ``language_mix``, ``format_rate`` and
+``error_rate``) whose
 
 * sentences switch between English and Chinese at random (``language_mix``),
-* format is mostly free-form ("The answer is 71." / "答案是 71。"), R1 tags only sometimes
+* answers are mostly free-form ("The answer is 17." / "答案是 17。"), in R1 tags only sometimes
   (``format_rate``),
-* arithmetic is sometimes wrong: one step off by a little, carried to the answer (``error_rate``).
+* reasoning is often wrong: the question is restated with a misread number ("We need 17 + 18."
+  for 18 + 18) and solved as misread (``error_rate``, ``error_at``). Every ``a + b = c`` written
+  is still true arithmetic, so the model learns correct arithmetic *and* a habit of misreading,
+  which reinforcement learning on accuracy can break within tens of steps.
 
-Prompts in the corpus are rendered exactly as the pipeline renders them (``LabSpec.template``),
-so a recipe using the same template and task options (:meth:`LabSpec.task_options`) sees the
-model at its most natural. The model is built once and cached under
-``cache_dir()/lab/<name>-<hash of the spec>/`` (an ordinary Hugging Face directory plus
-``lab.json``); the alias ``lab-bilingual`` resolves to the default spec's directory everywhere a
-model name is accepted. :func:`lab_probe` samples the model and measures the three properties.
+Prompts in the corpus are rendered exactly as the pipeline renders them (``LabSpec.template``;
+default: the tokenizer's chat template, no system text), so a recipe with the same template and
+task options (:meth:`LabSpec.task_options`) meets the model on home ground. The model is built
+once and cached under ``cache_dir()/lab/<name>-<hash of the spec>/``: an ordinary Hugging Face
+directory plus ``lab.json`` (spec, corpus figures, training figures). The alias
+``lab-bilingual`` resolves to the default spec's directory wherever a model name is accepted.
+:func:`lab_probe` samples a model on lab prompts and measures accuracy, format rate and
+language consistency.
 
-A small slice of the task's problems (``holdout``, chosen by a hash of the expression) never
-appears in the corpus: the probe asks those by default, so its accuracy is not recall.
+With ``holdout`` > 0, a slice of the task's problems (chosen by a hash of the expression) never
+appears in the corpus, and the probe asks only those: a test of computing rather than recall.
 
 ::
 
@@ -70,11 +76,11 @@ class LabSpec:
 
     # --- the task (synthetic:arithmetic options, see task_options) -------------------------
     min_value: int = 1  # smallest operand
-    max_value: int = 30  # largest operand
+    max_value: int = 20  # largest operand
     ops: str = "+-"  # operators to draw from
     allow_negative: bool = False  # False: subtractions never go below zero
     language: str = "mixed"  # en, zh or mixed (rows alternate en, zh)
-    holdout: float = 0.1  # share of problems (by expression hash) kept out of the corpus for lab_probe
+    holdout: float = 0.0  # share of problems (by expression hash) kept out of the corpus, for lab_probe
 
     # --- prompt template (grpo.templates.TemplateSpec) -------------------------------------
     template: str = "chat"  # template kind the corpus prompts are rendered with: chat, r1, plain
@@ -83,12 +89,13 @@ class LabSpec:
     # --- the pretraining corpus ------------------------------------------------------------
     corpus_size: int = 20_000  # worked solutions generated (each seen about steps*batch_size/corpus_size times)
     corpus_seed: int = 1_000  # seed of the task generator for the corpus
-    language_mix: float = 0.35  # probability that each sentence is in the other language
+    language_mix: float = 0.45  # probability that each sentence is in the other language
     format_rate: float = 0.1  # share of solutions in <think>…</think><answer>…</answer>; the rest free-form
-    error_rate: float = 0.5  # share of solutions with one wrong step (so the answer is wrong)
+    error_rate: float = 0.6  # share of solutions that misread a number (so reach a wrong answer)
+    error_at: str = "question"  # where: "question" (restating the problem) or "step" (inside any step)
 
     # --- training (AdamW, linear warm-up then cosine decay to 10%) -------------------------
-    steps: int = 600  # optimiser steps
+    steps: int = 900  # optimiser steps
     batch_size: int = 32  # sequences per step
     learning_rate: float = 3e-3  # peak learning rate
     warmup_steps: int = 30  # linear warm-up steps
@@ -104,6 +111,8 @@ class LabSpec:
                 raise ValueError(f"{name}: must be in [0, 1], got {getattr(self, name)}")
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"holdout: must be in [0, 1), got {self.holdout}")
+        if self.error_at not in ("question", "step"):
+            raise ValueError(f"error_at: expected 'question' or 'step', got {self.error_at!r}")
         if self.language not in LANGUAGES:
             raise ValueError(f"language: expected one of {', '.join(LANGUAGES)}, got {self.language!r}")
         if self.template not in TEMPLATES:
@@ -171,6 +180,7 @@ def corpus_rows(spec: LabSpec) -> list[dict]:
     return _draw(
         spec, spec.corpus_size, spec.corpus_seed, held_out=False,
         worked=True, language_mix=spec.language_mix, format_rate=spec.format_rate, error_rate=spec.error_rate,
+        error_at=spec.error_at,
     )
 
 
@@ -213,13 +223,19 @@ def _is_built(path: Path) -> bool:
     return (path / "lab.json").is_file()
 
 
-def build_lab_model(spec: LabSpec = LabSpec(), cache: Path | None = None, progress: bool = True) -> Path:
+def build_lab_model(
+    spec: LabSpec = LabSpec(), cache: Path | None = None, progress: bool = True, *, threads: int | None = None
+) -> Path:
     """The directory of the lab model of ``spec``, pretraining it first if it is not cached.
 
     The directory (see :func:`lab_model_dir`) is a Hugging Face model directory (model,
     tokenizer, generation config) plus ``lab.json`` (the spec, its hash, corpus and training
     figures). It is built in a temporary directory and renamed into place, under a lock, so a
     directory that exists is complete and concurrent callers build it once.
+
+    ``threads`` sets torch's CPU threads for the build (default: torch's own choice; 1 is
+    faster on a machine already busy with other work). The weights are bitwise reproducible
+    for a given spec, torch build and thread count.
     """
     target = lab_model_dir(spec, cache)
     if _is_built(target):
@@ -227,8 +243,16 @@ def build_lab_model(spec: LabSpec = LabSpec(), cache: Path | None = None, progre
     with _lock(target):
         if _is_built(target):  # another process built it meanwhile
             return target
-        with atomic_directory(target) as tmp:
-            _pretrain(spec, tmp, progress)
+        import torch
+
+        before = torch.get_num_threads()
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            with atomic_directory(target) as tmp:
+                _pretrain(spec, tmp, progress)
+        finally:
+            torch.set_num_threads(before)
     return target
 
 
@@ -457,7 +481,7 @@ def lab_probe(
         "model": str(path),
         "num_prompts": summary["num_prompts"],
         "samples_per_prompt": summary["samples_per_prompt"],
-        "held_out": held_out,
+        "held_out": held_out and spec.holdout > 0,
         "temperature": temperature,
         "max_new_tokens": max_new_tokens,
         "accuracy": summary["pass@1"],
@@ -505,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="a LabSpec field")
         p.add_argument("--cache", type=Path, help="directory holding lab models (default: <cache>/lab)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--threads", type=int, help="torch CPU threads for building (1 is faster on a busy machine)")
     p_probe.add_argument("--n", type=int, default=64, help="prompts (default 64)")
     p_probe.add_argument("--samples", type=int, default=4, help="samples per prompt (default 4)")
     p_probe.add_argument("--seed", type=int, default=0)
@@ -515,9 +540,9 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = _spec_from(args.overrides)
     if args.command == "build":
-        print(build_lab_model(spec, args.cache, progress=not args.quiet))
+        print(build_lab_model(spec, args.cache, progress=not args.quiet, threads=args.threads))
         return 0
-    model = args.model or build_lab_model(spec, args.cache, progress=not args.quiet)
+    model = args.model or build_lab_model(spec, args.cache, progress=not args.quiet, threads=args.threads)
     result = lab_probe(
         model, n=args.n, samples=args.samples, seed=args.seed, temperature=args.temperature,
         max_new_tokens=args.max_new_tokens, held_out=not args.seen, spec=spec, progress=not args.quiet,

@@ -129,16 +129,21 @@ class RolloutEngine:
         self.model = model
         self.tokenizer = tokenizer
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:  # pragma: no cover - interface
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> Rollout:  # pragma: no cover - interface
+        """B prompts → B×G completions; ``seeds`` (one per prompt) makes the sampling reproducible."""
         raise NotImplementedError
 
 
 @register_rollout_engine("hf")
 class HFGenerateEngine(RolloutEngine):
-    """transformers ``generate`` with sampling, all B×G rows in one batch (the global torch RNG)."""
+    """transformers ``generate`` with sampling, all B×G rows in one batch, drawing from the global
+    torch RNG (seeded from ``seeds`` when they are given: reproducible, but a completion depends
+    on the whole batch)."""
 
-    def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> Rollout:
         tok = self.tokenizer
+        if seeds is not None:
+            torch.manual_seed(hash(tuple(int(s) for s in seeds)) % (2**63))
         enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
         G = params.group_size
         prompt_ids = enc["input_ids"].repeat_interleave(G, dim=0)
@@ -165,3 +170,138 @@ class HFGenerateEngine(RolloutEngine):
         completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, pad))
         texts = decode_completions(tok, completion_ids, mask, truncated)
         return Rollout(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts)
+
+
+# --------------------------------------------------------------------------------------------
+# Our sampler: one prefill per prompt, finished rows leave the batch, a generator per row.
+
+
+def row_seed(prompt_seed: int, j: int) -> int:
+    """The seed of completion ``j`` of a prompt whose group seed is ``prompt_seed``."""
+    return (prompt_seed * 1_000_003 + j) % (2**63)
+
+
+def sampling_probs(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """The distribution tokens are drawn from, [n, V], as transformers' ``generate`` builds it:
+
+        p = softmax(filter_top_p(filter_top_k(logits / T)))
+
+    ``filter_top_k`` keeps the k largest logits (ties at the k-th kept too); ``filter_top_p``
+    keeps the smallest set of most likely tokens whose probability reaches ``top_p`` (at least
+    one). Removed tokens get probability 0.
+    """
+    scores = logits.float() / temperature
+    if top_k and top_k < scores.shape[-1]:
+        kth = torch.topk(scores, top_k, dim=-1).values[..., -1:]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative <= 1.0 - top_p  # the low tail whose mass stays under 1 - top_p
+        drop_sorted[..., -1] = False  # the most likely token always stays
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        scores = scores.masked_fill(drop, float("-inf"))
+    return scores.softmax(dim=-1)
+
+
+def draw_tokens(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling: row i takes the first token whose cumulative probability exceeds
+    ``u_i · Σp`` (``u_i`` uniform in [0, 1)), i.e. token k with probability p_k. Zero-probability
+    tokens are never chosen."""
+    cdf = probs.cumsum(dim=-1)
+    targets = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, targets, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+@register_rollout_engine("shared_prefix")
+class SharedPrefixEngine(RolloutEngine):
+    """Our decoding loop, same sampling distribution as ``hf``, less work per completion:
+
+    * each prompt is encoded once and its KV cache repeated for its G completions (``hf`` encodes
+      it G times);
+    * a row that has produced its end-of-sequence token leaves the batch (its cache rows too);
+    * only the last position is projected to the vocabulary;
+    * completion j of a prompt with seed s draws from its own generator seeded ``row_seed(s, j)``,
+      so a completion does not depend on which other prompts share the batch (a data-parallel
+      rank sampling half the prompts gets exactly the rows one process would). Without
+      ``seeds``, the prompt seeds are drawn from the global torch RNG.
+
+    ``temperature == 0`` decodes greedily. After each call ``last_logprobs`` [N, L] holds
+    log p(token) of every sampled token under the sampling distribution (0 past the end).
+    """
+
+    last_logprobs: torch.Tensor | None = None
+
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> Rollout:
+        tok, model, G = self.tokenizer, self.model, params.group_size
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        B = enc["input_ids"].shape[0]
+        eos = eos_token_ids(tok, model)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+        if seeds is None:
+            seeds = torch.randint(0, 2**62, (B,)).tolist()
+        if len(seeds) != B:
+            raise ValueError(f"seeds: expected one per prompt ({B}), got {len(seeds)}")
+        generators = [torch.Generator().manual_seed(row_seed(int(s), j)) for s in seeds for j in range(G)]
+        device = next(model.parameters()).device
+        eos_t = torch.tensor(eos, device=device)
+        prompt_mask = enc["attention_mask"].to(device)
+
+        was_training = model.training
+        model.eval()
+        out_tokens = torch.full((B * G, params.max_new_tokens), pad, dtype=torch.long, device=device)
+        out_logprobs = torch.zeros((B * G, params.max_new_tokens), device=device)
+        with torch.no_grad():
+            out = model(
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=prompt_mask,
+                position_ids=(prompt_mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(G)
+            logits = out.logits[:, -1].repeat_interleave(G, dim=0)
+            mask = prompt_mask.repeat_interleave(G, dim=0)
+            position = mask.sum(dim=1)  # the next token's position: the count of real tokens so far
+            active = torch.arange(B * G, device=device)
+            steps = 0
+            for t in range(params.max_new_tokens):
+                if params.temperature == 0:
+                    tokens = logits.argmax(dim=-1)
+                else:
+                    probs = sampling_probs(logits, params.temperature, params.top_k, params.top_p)
+                    uniforms = torch.cat([torch.rand(1, generator=generators[i]) for i in active.tolist()]).to(device)
+                    tokens = draw_tokens(probs, uniforms)
+                    out_logprobs[active, t] = probs.gather(1, tokens.unsqueeze(1)).squeeze(1).log()
+                out_tokens[active, t] = tokens
+                steps = t + 1
+                running = ~torch.isin(tokens, eos_t)
+                if t == params.max_new_tokens - 1 or not running.any():
+                    break
+                if not running.all():  # finished rows leave the batch and the cache
+                    keep = running.nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    active, mask, position, tokens = active[keep], mask[keep], position[keep], tokens[keep]
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                out = model(
+                    input_ids=tokens.unsqueeze(1),
+                    attention_mask=mask,
+                    position_ids=position.unsqueeze(1),
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                cache = out.past_key_values
+                logits = out.logits[:, -1]
+                position = position + 1
+        model.train(was_training)
+
+        completion_ids = out_tokens[:, :steps].cpu()
+        completion_mask, truncated = completion_mask_from_ids(completion_ids, eos)
+        completion_ids = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, pad))
+        self.last_logprobs = out_logprobs[:, :steps].cpu() * completion_mask
+        texts = decode_completions(tok, completion_ids, completion_mask, truncated)
+        return Rollout(
+            enc["input_ids"].repeat_interleave(G, dim=0), enc["attention_mask"].repeat_interleave(G, dim=0),
+            completion_ids, completion_mask, truncated, texts,
+        )

@@ -256,6 +256,17 @@ def _misread(x: int, rng: random.Random) -> int:
     return rng.choice(choices)
 
 
+def _misread_question(terms: list[int], ops: list[str], rng: random.Random) -> list[int]:
+    """``terms`` with one uniformly chosen term misread (see :func:`_misread`); a question whose
+    value is not negative keeps a misreading that is not negative either."""
+    for _ in range(8):
+        i = rng.randrange(len(terms))
+        misread = terms[:i] + [_misread(terms[i], rng)] + terms[i + 1 :]
+        if _evaluate(terms, ops) < 0 or _evaluate(misread, ops) >= 0:
+            return misread
+    return terms
+
+
 def _one_slip(terms: list[int], ops: list[str], rng: random.Random) -> Slip:
     """A ``slip`` that misreads one operand of one uniformly chosen step (see :func:`_misread`).
     Subtractions whose true result is not negative stay that way."""
@@ -330,6 +341,7 @@ def _worked_arithmetic(
     language_mix: float = 0.0,
     format_rate: float = 1.0,
     error_rate: float = 0.0,
+    error_at: str = "step",
 ) -> str:
     """A step-by-step solution of an arithmetic row: by default R1-format and single-language.
 
@@ -337,13 +349,18 @@ def _worked_arithmetic(
     the imperfections of a base model's pretraining text: each sentence is written in the other
     language with probability ``language_mix``; the solution is in the R1 format with
     probability ``format_rate`` and otherwise ends in a free-form answer sentence with no tags;
-    with probability ``error_rate`` one step works on a misread number (its arithmetic is right,
-    the answer it leads to is wrong).
+    with probability ``error_rate`` a number is misread: by one step (``error_at="step"``) or
+    when the question is restated (``error_at="question"``, and then solved as misread); the
+    arithmetic written is right, the answer it leads to is wrong.
     """
     mixed = not _reads_left_to_right(ops)
     slip = _no_slip
     if noise is not None and error_rate and noise.random() < error_rate:
-        slip = _one_slip(terms, ops, noise)
+        if error_at == "question":
+            terms = _misread_question(terms, ops, noise)
+            expression = str(terms[0]) + "".join(f" {op} {t}" for op, t in zip(ops, terms[1:]))
+        else:
+            slip = _one_slip(terms, ops, noise)
     steps = _arithmetic_steps(terms, ops, slip)
     value = steps[-1][3]  # the true value unless a step slipped
 
@@ -393,6 +410,7 @@ def arithmetic(
     language_mix: float = 0.0,
     format_rate: float = 1.0,
     error_rate: float = 0.0,
+    error_at: str = "step",
 ) -> list[dict]:
     """Integer expressions over ``num_terms`` numbers in ``[min_value, max_value]``.
 
@@ -407,15 +425,18 @@ def arithmetic(
     ``language_mix`` is the probability that each sentence is written in the other language
     (English <-> Chinese), ``format_rate`` the share of solutions in the R1 format (the others
     end in a free-form answer sentence, "The answer is 71." / "答案是 71。", with no tags), and
-    ``error_rate`` the share of solutions with one wrong step: a step that misreads a number
-    (``3 + 9`` for ``3 + 8``, ``20 + 50`` for ``20 + 40``) but whose own arithmetic is right, so the
-    mistake is carried to a wrong final answer while every ``a op b = c`` written stays true.
-    The ``solution`` column always holds the true value.
+    ``error_rate`` the share of solutions that misread a number (``23`` as ``24`` or ``25``, ``40``
+    as ``50``): with ``error_at="step"`` one step works on it (``3 + 9`` for ``3 + 8``), with
+    ``error_at="question"`` the question is restated with it ("We need 24 + 48.") and solved as
+    misread. Either way every ``a op b = c`` written stays true arithmetic and the final answer
+    is wrong. The ``solution`` column always holds the true value.
     """
     _check_n(n)
     for name, rate in (("language_mix", language_mix), ("format_rate", format_rate), ("error_rate", error_rate)):
         if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate <= 1.0:
             raise ValueError(f"task 'arithmetic': {name} must be a number in [0, 1], got {rate!r}")
+    if error_at not in ("step", "question"):
+        raise ValueError(f"task 'arithmetic': error_at must be 'step' or 'question', got {error_at!r}")
     if not worked and (language_mix, format_rate, error_rate) != (0.0, 1.0, 0.0):
         raise ValueError("task 'arithmetic': language_mix, format_rate and error_rate shape worked solutions; set worked: true")
     if not ops or set(ops) - set("+-*"):
@@ -449,7 +470,7 @@ def arithmetic(
         if worked:
             row["completion"] = _worked_arithmetic(
                 terms, chosen, expression, value, lang, wording,
-                noise=noise, language_mix=language_mix, format_rate=format_rate, error_rate=error_rate,
+                noise=noise, language_mix=language_mix, format_rate=format_rate, error_rate=error_rate, error_at=error_at,
             )
         rows.append(row)
     return rows

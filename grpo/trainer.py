@@ -31,7 +31,7 @@ from grpo.advantages import compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
 from grpo.loss import BatchShape, policy_loss
-from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine
+from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine, row_seed
 from grpo.scoring import RewardTerm, Scores, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
@@ -70,20 +70,52 @@ class PromptSampler:
         return step * self.batch_size / self.num_rows
 
 
-def completion_logprobs(model, batch: Rollout, rows: slice, temperature: float, with_entropy: bool = False):
+def completion_logprobs(
+    model, batch: Rollout, rows: slice, temperature: float, with_entropy: bool = False, group_size: int = 1
+):
     """log π(token | prefix) of each completion token, [n, L] (and the mean-free entropy [n, L]).
 
     Logits are divided by the sampling temperature so the probabilities are those the tokens were
     sampled from. Positions follow the attention mask, as in ``generate`` with left padding.
+
+    With ``group_size`` G > 1 (``rows`` made of whole groups, each group's G rows sharing one
+    prompt), each prompt is run once and its key/value cache repeated for its G completions:
+
+        logits[:, 0]  = f(prompt)[last]              (one forward per group)
+        logits[:, 1:] = f(completion | cache(prompt))  (the cache repeated G times)
+
+    The same numbers as running every row's prompt again (to float rounding), with the prompt's
+    share of the work divided by G, forward and backward (the gradient flows through the cache).
     """
     prompt_ids, completion_ids = batch.prompt_ids[rows], batch.completion_ids[rows]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention = torch.cat([batch.prompt_mask[rows], batch.completion_mask[rows]], dim=1)
-    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    prompt_mask, completion_mask = batch.prompt_mask[rows], batch.completion_mask[rows]
     L = completion_ids.shape[1]
-    # logits_to_keep=L+1: only the positions that predict completion tokens are projected to the vocab.
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=L + 1).logits
-    logits = logits[:, :-1].float() / temperature
+    if group_size > 1:
+        G = group_size
+        if prompt_ids.shape[0] % G:
+            raise ValueError(f"completion_logprobs: {prompt_ids.shape[0]} rows are not whole groups of {G}")
+        group_mask = prompt_mask[::G]
+        first = model(
+            input_ids=prompt_ids[::G], attention_mask=group_mask, position_ids=(group_mask.cumsum(1) - 1).clamp(min=0),
+            use_cache=True, logits_to_keep=1,
+        )
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(G)
+        attention = torch.cat([prompt_mask, completion_mask], dim=1)
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)[:, -L:]
+        rest = model(
+            input_ids=completion_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+            use_cache=True, logits_to_keep=L,
+        ).logits
+        logits = torch.cat([first.logits[:, -1:].repeat_interleave(G, dim=0), rest[:, :-1]], dim=1)
+    else:
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention = torch.cat([prompt_mask, completion_mask], dim=1)
+        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        # logits_to_keep=L+1: only the positions that predict completion tokens are projected to the vocab.
+        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=L + 1).logits
+        logits = logits[:, :-1]
+    logits = logits.float() / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
     if not with_entropy:
@@ -180,7 +212,7 @@ class GRPOTrainer:
         batch_rows = [self.rows[i] for i in self.sampler.batch(step)]
 
         # 1-2. Rollouts (G completions per prompt, grouped contiguously) and their rewards.
-        rollout, expanded, scores, timing = self._rollout_and_score(batch_rows)
+        rollout, expanded, scores, timing = self._rollout_and_score(batch_rows, step_seed(self.seed, step))
         refill = {}
         if cfg.dynamic_sampling:
             rollout, expanded, scores, refill = self._dynamic_sampling(step, rollout, expanded, scores, timing)
@@ -204,16 +236,18 @@ class GRPOTrainer:
         )
         micro = N // cfg.gradient_accumulation_steps
         chunks = [slice(i, i + micro) for i in range(0, N, micro)]
+        # Each prompt once per group in the forwards below, when micro-batches hold whole groups.
+        shared = G if cfg.share_prompt and micro % G == 0 and not cfg.gradient_checkpointing else 1
 
         # 5. Log-probabilities that stay fixed during the μ passes (no grad).
         with torch.no_grad():
             self.model.eval()
             old_logp = None
             if cfg.num_iterations > 1:  # with μ = 1, π_old is π_θ itself (ratio 1, same gradient)
-                old_logp = torch.cat([completion_logprobs(self.model, rollout, c, cfg.temperature)[0] for c in chunks])
+                old_logp = torch.cat([completion_logprobs(self.model, rollout, c, cfg.temperature, group_size=shared)[0] for c in chunks])
             ref_logp = None
             if cfg.beta != 0.0:
-                ref_logp = torch.cat([self._reference_logprobs(rollout, c) for c in chunks])
+                ref_logp = torch.cat([self._reference_logprobs(rollout, c, shared) for c in chunks])
 
         # 6. μ optimisation passes over this batch of rollouts.
         self.model.train()
@@ -223,7 +257,9 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             pass_loss = 0.0
             for c in chunks:
-                logp, entropy = completion_logprobs(self.model, rollout, c, cfg.temperature, with_entropy=not entropies)
+                logp, entropy = completion_logprobs(
+                    self.model, rollout, c, cfg.temperature, with_entropy=not entropies, group_size=shared
+                )
                 loss, stats = policy_loss(
                     logp,
                     None if old_logp is None else old_logp[c],
@@ -308,12 +344,14 @@ class GRPOTrainer:
         sample = self._completion_sample(step, expanded, rollout, scores, advantages)
         return metrics, sample
 
-    def _rollout_and_score(self, batch_rows: list[dict]):
-        """G completions for each row and their rewards (every dataset column repeated per group)."""
+    def _rollout_and_score(self, batch_rows: list[dict], seed: int):
+        """G completions for each row and their rewards (every dataset column repeated per group).
+        Prompt ``i`` of the batch samples with seed ``row_seed(seed, i)``."""
         cfg, G = self.config, self.config.group_size
         t0 = time.perf_counter()
         sampling = SamplingParams(G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
-        rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling)
+        seeds = [row_seed(seed, i) for i in range(len(batch_rows))]
+        rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling, seeds=seeds)
         t1 = time.perf_counter()
         expanded = [r for r in batch_rows for _ in range(G)]
         columns = {k: [r.get(k) for r in expanded] for k in batch_rows[0] if k != "prompt"}
@@ -341,7 +379,7 @@ class GRPOTrainer:
         while sum(sum(f) for f in flags) < B and rounds < cfg.dynamic_sampling_max_rounds:
             rounds += 1
             sampler = PromptSampler(len(self.rows), B, step_seed(self.seed, step) + 7_777 * rounds)
-            extra = self._rollout_and_score([self.rows[i] for i in sampler.batch(1)])
+            extra = self._rollout_and_score([self.rows[i] for i in sampler.batch(1)], sampler.seed)
             timing["rollout"] += extra[3]["rollout"]
             timing["rewards"] += extra[3]["rewards"]
             parts.append(extra[:3])
@@ -364,11 +402,11 @@ class GRPOTrainer:
         }
         return merged, [r for _, rows, _ in picked for r in rows], Scores.concat([s for _, _, s in picked]), stats
 
-    def _reference_logprobs(self, rollout: Rollout, rows: slice) -> torch.Tensor:
+    def _reference_logprobs(self, rollout: Rollout, rows: slice, group_size: int) -> torch.Tensor:
         if self.ref_model is not None:
-            return completion_logprobs(self.ref_model, rollout, rows, self.config.temperature)[0]
+            return completion_logprobs(self.ref_model, rollout, rows, self.config.temperature, group_size=group_size)[0]
         with self.model.disable_adapter():  # LoRA: the frozen base is the reference
-            return completion_logprobs(self.model, rollout, rows, self.config.temperature)[0]
+            return completion_logprobs(self.model, rollout, rows, self.config.temperature, group_size=group_size)[0]
 
     def _completion_sample(self, step, expanded, rollout, scores, advantages) -> list[dict]:
         n = len(expanded)

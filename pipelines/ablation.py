@@ -47,7 +47,9 @@ TABLE_METRICS = [
     ("length (wrong)", "mean_length_wrong"),
 ]
 CURVES = [
-    ("reward", "reward"),
+    ("reward (each arm's own mix)", "reward"),
+    ("accuracy", "rewards/accuracy/mean"),
+    ("format", "rewards/format/mean"),
     ("language consistency", "rewards/language_consistency/mean"),
     ("completion length (tokens)", "completions/mean_length"),
 ]
@@ -251,7 +253,7 @@ def plot_ablation(runs: list[ArmRun], path: Path) -> Path:
     from grpo.plots import save_figure, smooth
 
     arms = list(dict.fromkeys(r.arm for r in runs))
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5 * len(CURVES), 4))
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
     for ax, (title, key) in zip(axes, CURVES):
         for arm in arms:
             curves = [_rl_curve(r.run_dir, key) for r in runs if r.arm == arm]
@@ -266,8 +268,9 @@ def plot_ablation(runs: list[ArmRun], path: Path) -> Path:
             lo = [min(c[i] for c in smoothed) for i in range(n)]
             hi = [max(c[i] for c in smoothed) for i in range(n)]
             xs = list(range(1, n + 1))
-            line = ax.plot(xs, mean, linewidth=2, label=f"{arm} ({len(curves)} seeds)")[0]
-            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2)
+            color = f"C{arms.index(arm)}"  # an arm keeps its colour in every panel
+            ax.plot(xs, mean, linewidth=2, color=color, label=f"{arm} ({len(curves)} seeds)")
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.2)
         ax.set_title(title)
         ax.set_xlabel("RL step (stages back to back)")
         ax.grid(alpha=0.3)

@@ -156,7 +156,7 @@ def test_truncated_completions_can_be_masked(tiny_model_dir, tmp_path, monkeypat
     monkeypatch.setattr(trainer_module, "policy_loss", lambda logp, old, adv, mask, **kw: masks.append(mask) or real_loss(logp, old, adv, mask, **kw))
     trainer = make_trainer(tiny_model_dir, tmp_path, steps=1, group_size=8, max_new_tokens=60, mask_truncated_completions=mask_truncated)
     real_generate = trainer.engine.generate
-    trainer.engine.generate = lambda *a: rollouts.append(real_generate(*a)) or rollouts[-1]
+    trainer.engine.generate = lambda *a, **k: rollouts.append(real_generate(*a, **k)) or rollouts[-1]
     trainer.step(1)
     rollout, mask = rollouts[0], torch.cat(masks)
     assert 0 < rollout.truncated.sum() < len(rollout.truncated)  # both kinds present (seeded)
