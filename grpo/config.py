@@ -37,7 +37,7 @@ class GRPOConfig:
     top_p: float = 1.0
     top_k: int = 0  # 0 = off
     max_prompt_length: int | None = None  # prompts longer than this (tokens) are dropped, with a count
-    rollout_engine: str = "shared_prefix"  # registered rollout engine (grpo/rollout.py): shared_prefix | hf
+    rollout_engine: str = "shared_prefix"  # registered rollout engine (grpo/rollout.py): shared_prefix | hf | vllm
     share_prompt: bool = True  # loss forwards run each prompt once per group (its KV cache shared by the G rows)
 
     # --- the objective ----------------------------------------------------------------------

@@ -82,8 +82,11 @@ class BatchShape:
 
     num_sequences: int  # rows in the whole batch (all micro-batches, all ranks)
     num_tokens: int  # unmasked completion tokens in the whole batch
-    num_micro_batches: int = 1  # micro-batches per optimiser step on this rank × ranks
+    num_micro_batches: int = 1  # micro-batches per optimiser step (counted over the whole batch)
     max_completion_length: int = 1  # L_max, the constant of Dr. GRPO
+    # Unmasked tokens of the micro-batch this one belongs to, when it is a rank's slice of a
+    # micro-batch spread over several ranks (grpo/distributed.py); None: the micro-batch is whole.
+    micro_batch_tokens: int | None = None
 
 
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, BatchShape], torch.Tensor]] = {}
@@ -109,7 +112,8 @@ def aggregate_seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, batch:
 @register_aggregation("bnpo")
 def aggregate_micro_token_mean(loss: torch.Tensor, mask: torch.Tensor, batch: BatchShape) -> torch.Tensor:
     """token mean within each micro-batch, micro-batches averaged."""
-    return (loss * mask).sum() / mask.sum().clamp(min=1.0) / batch.num_micro_batches
+    tokens = mask.sum().clamp(min=1.0) if batch.micro_batch_tokens is None else max(batch.micro_batch_tokens, 1)
+    return (loss * mask).sum() / tokens / batch.num_micro_batches
 
 
 @register_aggregation("dapo")

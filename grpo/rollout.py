@@ -231,6 +231,17 @@ class SharedPrefixEngine(RolloutEngine):
     """
 
     last_logprobs: torch.Tensor | None = None
+    pack_weights: bool = True  # CPU: decode through prepacked oneDNN weights (grpo/packed.py)
+
+    def _packed(self):
+        """The model's linear layers with freshly packed weights (they change between calls)."""
+        from contextlib import nullcontext
+
+        from grpo.packed import PackedLinears
+
+        if not (self.pack_weights and PackedLinears.supported(self.model)):
+            return nullcontext()
+        return PackedLinears(self.model)
 
     def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> Rollout:
         tok, model, G = self.tokenizer, self.model, params.group_size
@@ -251,7 +262,7 @@ class SharedPrefixEngine(RolloutEngine):
         model.eval()
         out_tokens = torch.full((B * G, params.max_new_tokens), pad, dtype=torch.long, device=device)
         out_logprobs = torch.zeros((B * G, params.max_new_tokens), device=device)
-        with torch.no_grad():
+        with torch.no_grad(), self._packed():
             out = model(
                 input_ids=enc["input_ids"].to(device),
                 attention_mask=prompt_mask,
@@ -305,3 +316,13 @@ class SharedPrefixEngine(RolloutEngine):
             enc["input_ids"].repeat_interleave(G, dim=0), enc["attention_mask"].repeat_interleave(G, dim=0),
             completion_ids, completion_mask, truncated, texts,
         )
+
+
+def _vllm_engine(model, tokenizer) -> RolloutEngine:
+    """``vllm``: imported on first use (grpo/rollout_vllm.py), so importing grpo never imports vLLM."""
+    from grpo.rollout_vllm import VLLMEngine
+
+    return VLLMEngine(model, tokenizer)
+
+
+ROLLOUT_ENGINES.setdefault("vllm", _vllm_engine)

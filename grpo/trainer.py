@@ -12,6 +12,10 @@ One step (``GRPOTrainer.step``):
 Everything random in a step is drawn from generators seeded by (seed, step): the prompts of step
 k and its samples do not depend on how the run got to step k, so a resumed run reproduces an
 uninterrupted one exactly (on CPU). The math lives in ``advantages.py`` and ``loss.py``.
+
+With several processes (``self.dist``, grpo/distributed.py) each rank runs this same step on its
+share of the prompts; the few lines marked "whole batch" exchange what the ranks must agree on.
+In one process those calls return their input.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import torch
 
 from grpo.advantages import compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
+from grpo.distributed import DataParallel
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
 from grpo.loss import BatchShape, policy_loss
+from grpo.packed import PackedLinears
 from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine, row_seed
 from grpo.scoring import RewardTerm, Scores, score_completions
 
@@ -154,6 +160,7 @@ class GRPOTrainer:
         self.seed, self.output_dir = seed, Path(output_dir)
         torch.manual_seed(seed)  # LoRA initialisation draws from the global RNG
         self.model = self._prepare_model(model)
+        self.dist = DataParallel.from_environment(config, self.model)  # rank, world size, collectives
         self.ref_model = self._prepare_reference(ref_model)
         self.sampler = PromptSampler(len(rows), config.prompts_per_step, seed)
         self.engine = get_rollout_engine(config.rollout_engine, self.model, tokenizer)
@@ -186,9 +193,14 @@ class GRPOTrainer:
             return None  # no KL term: no reference forward, no copy in memory
         if self.config.lora is not None:
             return None  # the adapter-disabled model is the reference
-        if ref_model is None:
+        ours = ref_model is None
+        if ours:
             ref_model = copy.deepcopy(self.model)
-        return ref_model.eval().requires_grad_(False)
+        ref_model.eval().requires_grad_(False)
+        # CPU: the frozen reference runs on prepacked oneDNN weights, packed once (grpo/packed.py);
+        # the copy we made keeps only the packed weights (no extra memory).
+        self.ref_packed = PackedLinears(ref_model, release=ours)
+        return ref_model
 
     def _lr_factor(self, opt_step: int) -> float:
         cfg = self.config
@@ -210,18 +222,21 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         torch.manual_seed(step_seed(self.seed, step))
         batch_rows = [self.rows[i] for i in self.sampler.batch(step)]
+        first, batch_rows = self.dist.shard(batch_rows)  # this rank's prompts (all of them in one process)
 
         # 1-2. Rollouts (G completions per prompt, grouped contiguously) and their rewards.
-        rollout, expanded, scores, timing = self._rollout_and_score(batch_rows, step_seed(self.seed, step))
+        rollout, expanded, scores, timing = self._rollout_and_score(batch_rows, step_seed(self.seed, step), first)
         refill = {}
         if cfg.dynamic_sampling:
             rollout, expanded, scores, refill = self._dynamic_sampling(step, rollout, expanded, scores, timing)
-        rewards = torch.tensor(scores.total, dtype=torch.float32)
+        batch_scores = self.dist.gather_scores(scores)  # whole batch
+        rewards = torch.tensor(batch_scores.total, dtype=torch.float32)
         t_rollout = t0 + timing["rollout"]
         t_rewards = t_rollout + timing["rewards"]
 
-        # 3. Group-relative advantages.
+        # 3. Group-relative advantages (of the whole batch; this rank keeps its rows).
         advantages, adv_stats = compute_advantages(rewards, G, cfg.advantage_estimator, cfg.reward_std_eps)
+        advantages = self.dist.local(advantages)
 
         # 4. Which tokens get a gradient.
         loss_mask = rollout.completion_mask.clone()
@@ -235,6 +250,8 @@ class GRPOTrainer:
             max_completion_length=cfg.max_new_tokens,
         )
         micro = N // cfg.gradient_accumulation_steps
+        if self.dist.active:  # the batch is every rank's rows: its sizes, and this rank's micro-batches
+            shape, micro = self.dist.whole_batch_shape(shape, loss_mask)
         chunks = [slice(i, i + micro) for i in range(0, N, micro)]
         # Each prompt once per group in the forwards below, when micro-batches hold whole groups.
         shared = G if cfg.share_prompt and micro % G == 0 and not cfg.gradient_checkpointing else 1
@@ -281,8 +298,10 @@ class GRPOTrainer:
                     clip[key].append((getattr(stats, f"clip_{key}"), stats.num_tokens))
                 if entropy is not None:
                     m = rollout.completion_mask[c].float()
-                    entropies.append(((entropy * m).sum() / m.sum().clamp(min=1)).item())
+                    entropies.append((((entropy * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
             params = [p for p in self.model.parameters() if p.requires_grad]
+            self.dist.sum_gradients(params)  # whole batch: each rank's loss is its share of the batch loss
+            pass_loss = self.dist.sum(pass_loss)
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
             if not (math.isfinite(pass_loss) and math.isfinite(grad_norm)):
@@ -301,10 +320,12 @@ class GRPOTrainer:
             losses.append(pass_loss)
         t_end = time.perf_counter()
 
-        # 7. Metrics, named as TRL names them where it has a name.
-        lengths = rollout.lengths.float()
+        # 7. Metrics, named as TRL names them where it has a name (of the whole batch).
+        kls, clip = self.dist.gather(kls), self.dist.gather_lists(clip)
+        lengths = torch.tensor(self.dist.gather(rollout.lengths.tolist()), dtype=torch.float32)
+        truncated = torch.tensor(self.dist.gather(rollout.truncated.tolist()), dtype=torch.float32)
         completion_tokens = int(lengths.sum())
-        self.num_tokens += int(rollout.prompt_mask.sum()) + completion_tokens
+        self.num_tokens += int(self.dist.sum(int(rollout.prompt_mask.sum()))) + completion_tokens
         metrics = {
             "step": step,
             "epoch": round(self.sampler.epoch(step), 4),
@@ -313,9 +334,9 @@ class GRPOTrainer:
             "frac_reward_zero_std": adv_stats.frac_reward_zero_std,
         }
         for term in self.rewards:
-            metrics[f"rewards/{term.name}/mean"] = scores.mean(term.name)
-            metrics[f"rewards/{term.name}/std"] = scores.std(term.name)
-        metrics.update(scores.extra_metrics)
+            metrics[f"rewards/{term.name}/mean"] = batch_scores.mean(term.name)
+            metrics[f"rewards/{term.name}/std"] = batch_scores.std(term.name)
+        metrics.update(batch_scores.extra_metrics)
         metrics.update(refill)
         if kls:
             metrics["kl"] = _weighted_mean(kls)
@@ -325,14 +346,14 @@ class GRPOTrainer:
                 "clip_ratio/low_mean": _weighted_mean(clip["low"]),
                 "clip_ratio/high_mean": _weighted_mean(clip["high"]),
                 "clip_ratio/region_mean": _weighted_mean(clip["region"]),
-                "entropy": sum(entropies) / len(entropies),
+                "entropy": self.dist.first_micro_batch_mean(*entropies[0], cfg.gradient_accumulation_steps),
                 "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else None,
                 "nonfinite_skipped": self.nonfinite_steps,
                 "learning_rate": self.scheduler.get_last_lr()[0],
                 "completions/mean_length": lengths.mean().item(),
                 "completions/max_length": lengths.max().item(),
                 "completions/min_length": lengths.min().item(),
-                "completions/clipped_ratio": rollout.truncated.float().mean().item(),
+                "completions/clipped_ratio": truncated.mean().item(),
                 "num_tokens": self.num_tokens,
                 "step_time": t_end - t0,
                 "tokens_per_second": completion_tokens / (t_end - t0),
@@ -344,13 +365,14 @@ class GRPOTrainer:
         sample = self._completion_sample(step, expanded, rollout, scores, advantages)
         return metrics, sample
 
-    def _rollout_and_score(self, batch_rows: list[dict], seed: int):
+    def _rollout_and_score(self, batch_rows: list[dict], seed: int, first: int = 0):
         """G completions for each row and their rewards (every dataset column repeated per group).
-        Prompt ``i`` of the batch samples with seed ``row_seed(seed, i)``."""
+        Prompt ``i`` of the batch samples with seed ``row_seed(seed, i)``; ``batch_rows`` start at
+        prompt ``first`` of the batch (a rank's share)."""
         cfg, G = self.config, self.config.group_size
         t0 = time.perf_counter()
         sampling = SamplingParams(G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
-        seeds = [row_seed(seed, i) for i in range(len(batch_rows))]
+        seeds = [row_seed(seed, first + i) for i in range(len(batch_rows))]
         rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling, seeds=seeds)
         t1 = time.perf_counter()
         expanded = [r for r in batch_rows for _ in range(G)]
@@ -404,16 +426,18 @@ class GRPOTrainer:
 
     def _reference_logprobs(self, rollout: Rollout, rows: slice, group_size: int) -> torch.Tensor:
         if self.ref_model is not None:
-            return completion_logprobs(self.ref_model, rollout, rows, self.config.temperature, group_size=group_size)[0]
+            with self.ref_packed:
+                return completion_logprobs(self.ref_model, rollout, rows, self.config.temperature, group_size=group_size)[0]
         with self.model.disable_adapter():  # LoRA: the frozen base is the reference
             return completion_logprobs(self.model, rollout, rows, self.config.temperature, group_size=group_size)[0]
 
     def _completion_sample(self, step, expanded, rollout, scores, advantages) -> list[dict]:
-        n = len(expanded)
+        # Rows picked evenly over the whole batch; each rank writes up those it holds.
+        n, first = len(expanded) * self.dist.world_size, len(expanded) * self.dist.rank
         k = min(self.config.log_completions, n)
         picks = sorted({round(i * n / k) for i in range(k)}) if k else []
         out = []
-        for i in picks:
+        for i in [i - first for i in picks if first <= i < first + len(expanded)]:
             out.append(
                 {
                     "step": step,
@@ -427,7 +451,7 @@ class GRPOTrainer:
                     "truncated": bool(rollout.truncated[i]),
                 }
             )
-        return out
+        return self.dist.gather(out)
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -443,25 +467,30 @@ class GRPOTrainer:
         # Lines past the checkpoint were written by the interrupted run: they will be redone.
         history = [r for r in read_jsonl(metrics_path) if r["step"] <= self.step_done]
         samples = [r for r in read_jsonl(samples_path) if r["step"] <= self.step_done]
-        _rewrite_jsonl(metrics_path, history)
-        _rewrite_jsonl(samples_path, samples)
+        main = self.dist.is_main  # only rank 0 writes files; the others compute the same metrics
+        if main:
+            _rewrite_jsonl(metrics_path, history)
+            _rewrite_jsonl(samples_path, samples)
+            self.check_disk_space()
         if history:
             self.num_tokens = history[-1]["num_tokens"]
-        self.check_disk_space()
 
         cfg = self.config
-        bar = _progress(cfg.steps, self.step_done, enabled=cfg.progress)
+        bar = _progress(cfg.steps, self.step_done, enabled=cfg.progress and main)
         for step in range(self.step_done + 1, cfg.steps + 1):
             metrics, sample = self.step(step)
-            for row in sample:
-                append_jsonl(samples_path, row)
-            append_jsonl(metrics_path, metrics)
+            if main:
+                for row in sample:
+                    append_jsonl(samples_path, row)
+                append_jsonl(metrics_path, metrics)
             history.append(metrics)
             self.step_done = step
             if step % cfg.save_every == 0 or step == cfg.steps:
-                self.save_checkpoint(step)
-                if step != cfg.steps:  # the final plot is drawn once, after the loop
-                    self._plot(history)
+                if main:
+                    self.save_checkpoint(step)
+                    if step != cfg.steps:  # the final plot is drawn once, after the loop
+                        self._plot(history)
+                self.dist.barrier()
             bar.update(1)
             bar.set_postfix(
                 reward=f"{metrics['reward']:.3f}",
@@ -470,9 +499,11 @@ class GRPOTrainer:
                 tok_s=f"{metrics['tokens_per_second']:.0f}",
             )
         bar.close()
-        final_dir = self.save_final_model()
-        self._plot(history)
-        return TrainResult(self.step_done, history, final_dir)
+        if main:
+            self.save_final_model()
+            self._plot(history)
+        self.dist.barrier()  # the final model is complete when any rank returns
+        return TrainResult(self.step_done, history, self.output_dir / "final")
 
     def _plot(self, history: list[dict]) -> None:
         if history:

@@ -1,6 +1,6 @@
 """The ``grpo`` command.
 
-    grpo train RECIPE [--set key=value ...] [--resume]     one GRPO run
+    grpo train RECIPE [--set key=value ...] [--resume] [--num-processes N]   one GRPO run (N: data-parallel)
     grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run]   a staged recipe
     grpo ablate RECIPE [--set key=value ...]                 arms × seeds, compared
     grpo rewards list                                        registered reward functions
@@ -12,16 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
 
 def _cmd_train(args) -> int:
+    from grpo.distributed import is_main_process
     from pipelines.recipe import load_recipe
     from pipelines.train import format_summary, train_from_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    if args.num_processes != 1:
+        return _relaunch_train(args, recipe)
     result, summary = train_from_recipe(recipe, resume=args.resume)
+    if not is_main_process():
+        return 0
     print(f"\nrun directory: {recipe.run_dir}  ({result.steps_done} steps, {summary['wall_time_s']:.0f} s)")
     print(format_summary(summary))
     print(f"curves: {recipe.run_dir / 'curves.png'}")
@@ -31,10 +37,40 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _relaunch_train(args, recipe) -> int:
+    """``--num-processes N``: check what can be checked once, then run this same command (without
+    the flag) in N processes through torchrun; see grpo/distributed.py."""
+    from grpo.distributed import check_data_parallel, launched_world_size, relaunch_command
+    from grpo.schema import ConfigError
+    from pipelines.train import check_run_dir
+
+    if launched_world_size() > 1:
+        raise ConfigError("--num-processes: this process was already started by a launcher (torchrun, accelerate launch); drop the flag")
+    if args.num_processes < 1:
+        raise ConfigError(f"--num-processes: must be ≥ 1, got {args.num_processes}")
+    check_data_parallel(recipe.grpo, args.num_processes)
+    check_run_dir(recipe.run_dir, args.resume)
+    argv = ["train", args.recipe, *(a for kv in args.set for a in ("--set", kv))]
+    argv += ["--resume"] * args.resume + (["--summary-json", args.summary_json] if args.summary_json else [])
+    code = subprocess.run(relaunch_command(args.num_processes, argv)).returncode
+    if code:
+        print(f"error: training stopped in one of the {args.num_processes} processes; the first 'error:' line above says why", file=sys.stderr)
+    return code
+
+
+def _single_process(command: str) -> None:
+    from grpo.distributed import launched_world_size
+    from grpo.schema import ConfigError
+
+    if launched_world_size() > 1:
+        raise ConfigError(f"grpo {command}: runs in one process; only `grpo train` is data-parallel (docs/distributed.md)")
+
+
 def _cmd_run(args) -> int:
     from pipelines.recipe import load_recipe
     from pipelines.runner import Runner, dry_run
 
+    _single_process("run")
     recipe = load_recipe(args.recipe, args.set)
     if args.dry_run:
         print(dry_run(recipe))
@@ -50,6 +86,7 @@ def _cmd_run(args) -> int:
 def _cmd_ablate(args) -> int:
     from pipelines.ablation import run_ablation
 
+    _single_process("ablate")
     report = run_ablation(args.recipe, args.set)
     print(f"\n{report.read_text()}")
     print(f"table: {report}\nplot:  {report.with_suffix('.png')}")
@@ -79,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. grpo.steps=10")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.add_argument("--summary-json", help="also write the first/last-steps summary to this file")
+    train.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="data-parallel training in N processes on this machine (gloo on CPU); see configs/accelerate/ for more")
     train.set_defaults(func=_cmd_train)
 
     run = sub.add_parser("run", help="run a staged recipe (cold start → RL → rejection sampling → SFT → RL → eval)")

@@ -15,6 +15,7 @@ import yaml
 
 from grpo.config import GRPOConfig
 from grpo.data import DataError, DataSpec, load_rows
+from grpo.distributed import is_main_process
 from grpo.io import atomic_write_text, check_writable
 from grpo.schema import ConfigError, to_dict
 from grpo.templates import TemplateSpec, render_prompts
@@ -112,20 +113,26 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
     policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
     prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
-    if prepared.report():
+    if prepared.report() and is_main_process():
         print(prepared.report())
     trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed)
     return trainer.train(resume=resume)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A run directory holding checkpoints is continued with --resume, never overwritten."""
+    if run_dir.exists() and not resume and (run_dir / "checkpoints").exists():
+        raise FileExistsError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it or set output_dir")
 
 
 def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path | None = None):
     """``grpo train``: the recipe's GRPO run in its run directory; returns (TrainResult, summary)."""
     run_dir = Path(run_dir or recipe.run_dir)
     reward_terms(recipe.rewards)
-    if run_dir.exists() and not resume and (run_dir / "checkpoints").exists():
-        raise FileExistsError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it or set output_dir")
+    check_run_dir(run_dir, resume)
     check_writable(run_dir)  # before anything is loaded; the free space is checked once the model is
-    atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
+    if is_main_process():  # with several processes (grpo/distributed.py) rank 0 writes the files
+        atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
     started = time.perf_counter()
     result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
                       config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, resume=resume)

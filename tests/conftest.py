@@ -24,3 +24,13 @@ def tiny_model_dir(tmp_path_factory) -> str:
     from grpo.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def ci_lab_model(tmp_path_factory):
+    """The lab base model at CI size (about 3 min to build on one core, once per session): the
+    default lab world (task, template, corpus habits) with a smaller, shorter-trained model."""
+    from grpo.lab import LabSpec, build_lab_model
+
+    spec = LabSpec(name="ci", hidden_size=96, num_layers=3, num_heads=4, corpus_size=8_000, steps=600, batch_size=32)
+    return build_lab_model(spec, cache=tmp_path_factory.mktemp("lab"), progress=False, threads=1)

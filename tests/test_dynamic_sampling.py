@@ -43,7 +43,7 @@ def test_refill_stops_at_the_bound_and_keeps_the_batch_size(tiny_model_dir, tmp_
     trainer = trainer_for(tiny_model_dir, tmp_path, const_rows=12, dynamic_sampling_max_rounds=max_rounds)
     seen = []
     real = trainer._rollout_and_score
-    monkeypatch.setattr(trainer, "_rollout_and_score", lambda rows, seed: seen.append(len(rows)) or real(rows, seed))
+    monkeypatch.setattr(trainer, "_rollout_and_score", lambda rows, seed, *rest: seen.append(len(rows)) or real(rows, seed, *rest))
     metrics, _ = trainer.step(1)
     assert seen == [4] * (1 + max_rounds)  # the first draw and at most max_rounds refills
     assert metrics["dynamic_sampling/rounds"] == max_rounds

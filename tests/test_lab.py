@@ -10,22 +10,12 @@ from grpo import lab
 from grpo.lab import LabSpec, build_lab_model, corpus_rows, lab_model_dir, lab_probe, spec_hash
 from grpo.tasks import get_task
 
-#: Trains in well under a minute on 2 CPU cores and already shows the three habits.
-SMALL = LabSpec(
-    name="test", hidden_size=64, num_layers=2, num_heads=4, max_value=5, corpus_size=2_000, steps=150,
-    batch_size=16, learning_rate=3e-3, warmup_steps=10,
-)
 #: Builds in a few seconds: for caching and determinism, not for behaviour.
 TINY = LabSpec(name="tiny", hidden_size=32, num_layers=1, num_heads=2, max_value=5, corpus_size=200, steps=4, batch_size=8, warmup_steps=1)
 
 _EN_STEP = re.compile(r"(-?\d+) ([-+]) (-?\d+) = (-?\d+)\.")
 _ZH_STEP = re.compile(r"(-?\d+) (加|减) (-?\d+) 等于 (-?\d+)。")
 _APPLY = {"+": operator.add, "-": operator.sub, "加": operator.add, "减": operator.sub}
-
-
-@pytest.fixture(scope="module")
-def small_model(tmp_path_factory):
-    return build_lab_model(SMALL, cache=tmp_path_factory.mktemp("lab"), progress=False)
 
 
 def _weights(path):
@@ -153,8 +143,8 @@ def test_cli_build_and_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_small_lab_model_has_the_r1_zero_habits(small_model):
-    result = lab_probe(small_model, n=16, samples=4, seed=0)
+def test_ci_lab_model_has_the_r1_zero_habits(ci_lab_model):
+    result = lab_probe(ci_lab_model, n=16, samples=4, seed=0)
     assert result["num_prompts"] == 16 and result["samples_per_prompt"] == 4
     assert result["accuracy"] > 0.0  # sometimes solves
     assert result["format_rate"] < 0.5  # rarely follows the format

@@ -13,13 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from grpo.lab import LabSpec, build_lab_model
 from pipelines.ablation import run_ablation
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "lab"
 
-#: The default lab world (same task, template and corpus habits), a smaller and shorter-trained model.
-CI_SPEC = LabSpec(name="ci", hidden_size=64, num_layers=2, num_heads=4, corpus_size=4_000, steps=300, batch_size=32)
+#: Cold-start epochs: the smaller model needs more passes over the 256 solutions than the recipe's 2.
+CI_COLD_START_EPOCHS = 4
 
 
 def _shrunk_recipe(model_dir: Path, out: Path) -> dict:
@@ -31,17 +30,16 @@ def _shrunk_recipe(model_dir: Path, out: Path) -> dict:
     for overlay in ablation["arms"].values():
         for stage in overlay["stages"]:
             if stage["kind"] == "sft":
-                stage["data"]["size"] = 128
+                stage["sft"]["epochs"] = CI_COLD_START_EPOCHS
             if stage["kind"] == "eval":
                 stage["samples_per_prompt"] = 2
     return {**ablation, "base": base, "seeds": [0, 1], "output_dir": str(out)}
 
 
 @pytest.mark.slow
-def test_lab_r1_beats_r1_zero_on_language_consistency_and_format(tmp_path):
-    model_dir = build_lab_model(CI_SPEC, cache=tmp_path / "lab", progress=False, threads=1)
+def test_lab_r1_beats_r1_zero_on_language_consistency_and_format(ci_lab_model, tmp_path):
     recipe = tmp_path / "ablation.yaml"
-    recipe.write_text(yaml.safe_dump(_shrunk_recipe(model_dir, tmp_path / "out"), allow_unicode=True))
+    recipe.write_text(yaml.safe_dump(_shrunk_recipe(ci_lab_model, tmp_path / "out"), allow_unicode=True))
 
     report = run_ablation(recipe, progress=False)
 
