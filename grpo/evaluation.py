@@ -95,7 +95,7 @@ def sample_completions(
     sampling: Any = None,
     seed: int = 0,
     batch_prompts: int = 8,
-    engine: str = "hf",
+    engine: str = "shared_prefix",
     progress: bool = False,
     keep_ids: bool = True,
     *,

@@ -543,8 +543,8 @@ def _resolve_device(device: "str | torch.device") -> "torch.device":
     import torch
 
     if str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
+        if torch.cuda.is_available():  # under a launcher, this process's own GPU
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

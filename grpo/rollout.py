@@ -32,9 +32,16 @@ class Rollout:
         return [ids[: int(n)].tolist() for ids, n in zip(self.completion_ids, self.lengths)]
 
 
+    def to(self, device) -> "Rollout":
+        """The rollout's tensors on ``device`` (where the model that trains on it lives)."""
+        return Rollout(
+            self.prompt_ids.to(device), self.prompt_mask.to(device), self.completion_ids.to(device),
+            self.completion_mask.to(device), self.truncated.to(device), self.texts,
+        )
+
     def select(self, rows: list[int]) -> "Rollout":
         """The rollout restricted to ``rows`` (in that order)."""
-        idx = torch.tensor(rows, dtype=torch.long)
+        idx = torch.tensor(rows, dtype=torch.long, device=self.prompt_ids.device)
         return Rollout(
             self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.completion_mask[idx],
             self.truncated[idx], [self.texts[i] for i in rows],
@@ -149,12 +156,13 @@ class HFGenerateEngine(RolloutEngine):
         prompt_ids = enc["input_ids"].repeat_interleave(G, dim=0)
         prompt_mask = enc["attention_mask"].repeat_interleave(G, dim=0)
         eos = eos_token_ids(tok, self.model)
+        device = next(self.model.parameters()).device
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
             out = self.model.generate(
-                input_ids=prompt_ids,
-                attention_mask=prompt_mask,
+                input_ids=prompt_ids.to(device),
+                attention_mask=prompt_mask.to(device),
                 do_sample=True,
                 temperature=params.temperature,
                 top_p=params.top_p,
@@ -164,7 +172,7 @@ class HFGenerateEngine(RolloutEngine):
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
             )
         self.model.train(was_training)
-        completion_ids = out[:, prompt_ids.shape[1] :]
+        completion_ids = out[:, prompt_ids.shape[1] :].cpu()
         mask, truncated = completion_mask_from_ids(completion_ids, eos)
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, pad))

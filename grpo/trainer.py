@@ -160,6 +160,7 @@ class GRPOTrainer:
         self.seed, self.output_dir = seed, Path(output_dir)
         torch.manual_seed(seed)  # LoRA initialisation draws from the global RNG
         self.model = self._prepare_model(model)
+        self.device = next(self.model.parameters()).device
         self.dist = DataParallel.from_environment(config, self.model)  # rank, world size, collectives
         self.ref_model = self._prepare_reference(ref_model)
         self.sampler = PromptSampler(len(rows), config.prompts_per_step, seed)
@@ -229,6 +230,7 @@ class GRPOTrainer:
         refill = {}
         if cfg.dynamic_sampling:
             rollout, expanded, scores, refill = self._dynamic_sampling(step, rollout, expanded, scores, timing)
+        rollout = rollout.to(self.device)  # (engines return CPU tensors)
         batch_scores = self.dist.gather_scores(scores)  # whole batch
         rewards = torch.tensor(batch_scores.total, dtype=torch.float32)
         t_rollout = t0 + timing["rollout"]
@@ -236,7 +238,7 @@ class GRPOTrainer:
 
         # 3. Group-relative advantages (of the whole batch; this rank keeps its rows).
         advantages, adv_stats = compute_advantages(rewards, G, cfg.advantage_estimator, cfg.reward_std_eps)
-        advantages = self.dist.local(advantages)
+        advantages = self.dist.local(advantages).to(self.device)
 
         # 4. Which tokens get a gradient.
         loss_mask = rollout.completion_mask.clone()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class Recipe:
     seed: int = 0  # fixes data order, sampling and initialisation
     output_dir: str | None = None  # default: runs/<name>
     dtype: str = "float32"  # float32 on CPU; bfloat16 on GPUs that have it
+    device: str = "auto"  # where GRPO and sampling run: auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:1, mps
     template: TemplateSpec | str = "chat"  # a TemplateSpec mapping, or just its kind
     # name (registered or "module.path:function") -> weight, or {weight: w, <param>: value, ...}
     rewards: dict[str, float | dict[str, Any]] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
@@ -59,6 +61,8 @@ class Recipe:
             raise ValueError("rewards: at least one reward function is needed")
         for name, spec in self.rewards.items():
             reward_weight(name, spec)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device.strip()):
+            raise ValueError(f"device: expected auto, cpu, cuda, cuda:<index> or mps, got {self.device!r}")
         if self.dtype.strip().lower().removeprefix("torch.") not in DTYPE_NAMES:
             raise ValueError(f"dtype: expected one of float32, bfloat16, float16, auto, got {self.dtype!r}")
 

@@ -103,14 +103,14 @@ def format_summary(summary: dict) -> str:
 
 
 def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
-             seed: int, dtype: str = "float32", resume: bool = False):
+             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False):
     """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult."""
     from grpo.models import load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
-    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype)
+    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device)
     prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
     if prepared.report() and is_main_process():
@@ -135,7 +135,7 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
         atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
     started = time.perf_counter()
     result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
-                      config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, resume=resume)
+                      config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume)
     summary = summarize(result.metrics)
     summary["wall_time_s"] = time.perf_counter() - started
     return result, summary

@@ -143,6 +143,7 @@ RECIPE_CASES = [
     Case(R, "on_reward_error", "grpo.on_reward_error: expected one of 'fail', 'skip', got 'ignore'", ("grpo.on_reward_error",),
          _set("grpo.on_reward_error", "ignore")),
     Case(R, "dtype", "dtype: expected one of float32, bfloat16, float16, auto, got 'float8'", ("dtype",), _set("dtype", "float8")),
+    Case(R, "device", "device: expected auto, cpu, cuda, cuda:<index> or mps, got 'gpu0'", ("device",), _set("device", "gpu0")),
     Case(R, "size_zero", "data.train.size: must be ≥ 1 (or null for all rows), got 0", ("data.train.size",), _set("data.train.size", 0)),
     Case(R, "options_without_synthetic", "data.train.options: only used with synthetic:<task> sources", ("data.train.options",),
          _set("data.train", {"source": "x.jsonl", "options": {"max_value": 3}})),

@@ -50,6 +50,7 @@ class GRPOStage(Stage):
             out_dir=ctx.work_dir,
             seed=ctx.seed,
             dtype=recipe.dtype,
+            device=recipe.device,
             resume=ctx.resume,
         )
         summary = summarize(result.metrics)

@@ -33,7 +33,7 @@ def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSetti
     rows = load_rows(data)
     if max_prompts is not None:
         rows = rows[:max_prompts]
-    model, tokenizer = load_model_and_tokenizer(ctx.init_model, dtype=ctx.recipe.dtype)
+    model, tokenizer = load_model_and_tokenizer(ctx.init_model, dtype=ctx.recipe.dtype, device=ctx.recipe.device)
     params = sampling.resolved(ctx.recipe.grpo)
     prepared = prepare_rows(rows, template, tokenizer, ctx.recipe.grpo.max_prompt_length,
                             max_new_tokens=params["max_new_tokens"], max_positions=model_max_positions(model))
