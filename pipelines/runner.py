@@ -11,12 +11,14 @@ stage's config validated and hashed), then runs the stages in order:
 
 A completed stage whose configuration hash is unchanged is skipped. The hash covers the stage's
 own keys, the recipe defaults it uses, the seed, and the hashes of the stages it reads from, so
-changing an early stage reruns everything downstream of it. An interrupted stage of a resumable
+changing an early stage reruns everything downstream of it. Settings left at their dataclass
+defaults are not hashed, so an upgrade that adds a setting keeps completed stages. An interrupted stage of a resumable
 kind (sft, grpo) continues from its last checkpoint; the others start over.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -141,13 +143,34 @@ def _cycle_from(recipe: Recipe, names: list, j: int, target: str, seen=()) -> li
     return None
 
 
+def _explicit(value):
+    """``value`` with every dataclass field left at its default dropped, recursively: what the
+    recipe asked for. A toolkit upgrade that adds a setting (with a default) then leaves the
+    hashes of completed stages, and so the stages, as they were."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if f.default is not dataclasses.MISSING and v == f.default:
+                continue
+            if f.default_factory is not dataclasses.MISSING and v == f.default_factory():
+                continue
+            out[f.name] = _explicit(v)
+        return out
+    if isinstance(value, dict):
+        return {k: _explicit(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_explicit(v) for v in value]
+    return value
+
+
 def _config_hash(recipe: Recipe, stage: PlannedStage, by_name: dict[str, PlannedStage]) -> str:
     payload = {
         "kind": stage.kind,
         "init": stage.init if stage.model_ref else (recipe.model if stage.init == "base" else stage.init),
-        "config": to_dict(stage.config),
+        "config": _explicit(stage.config),
         # Recipe-level defaults a stage may read; hashing them all keeps the rule simple.
-        "defaults": {k: to_dict(getattr(recipe, k)) for k in ("data", "template", "rewards", "grpo", "dtype", "seed")},
+        "defaults": {k: _explicit(getattr(recipe, k)) for k in ("data", "template", "rewards", "grpo", "dtype", "seed")},
         "upstream": {ref: by_name[ref].config_hash for ref in stage.depends_on},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -202,3 +202,24 @@ def test_kill_during_rl_then_rerun_resumes(tiny_model_dir, tmp_path):
 
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]  # noqa: E731
     assert strip(read_jsonl(run / "reasoning_rl" / "metrics.jsonl")) == strip(read_jsonl(tmp_path / "fresh" / "reasoning_rl" / "metrics.jsonl"))
+
+
+def test_config_hash_covers_what_the_recipe_asks_not_the_defaults(tiny_model_dir, tmp_path):
+    """Writing a setting at its default (what a toolkit upgrade adding a setting amounts to)
+    keeps every stage's hash, so completed stages are not redone; a real change does not."""
+    from grpo.schema import from_dict
+    from pipelines.recipe import Recipe
+
+    def hashes(**grpo):
+        return {s.name: s.config_hash for s in plan_stages(from_dict(Recipe, tiny_recipe(tiny_model_dir, tmp_path, **grpo)))}
+
+    from grpo.config import GRPOConfig
+    from pipelines.runner import _explicit
+
+    defaults = _explicit(GRPOConfig())
+    assert "share_prompt" not in defaults and "steps" not in defaults  # a setting at its default is not hashed...
+    assert _explicit(GRPOConfig(steps=5)) == {**defaults, "steps": 5}  # ...a chosen one is
+    base = hashes()
+    assert hashes(share_prompt=True, rollout_engine="shared_prefix", kl_estimator="k3") == base
+    changed = hashes(temperature=0.7)  # every stage may read the recipe's grpo defaults: all re-plan
+    assert all(changed[name] != base[name] for name in base)
