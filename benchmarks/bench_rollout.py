@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from benchmarks.workload import Workload, load, machine
+from benchmarks.workload import Workload, load, machine, report
 
 
 def generate_plain(model, tokenizer, prompts, params) -> int:
@@ -77,11 +77,7 @@ def main(argv=None) -> int:
         f"| model.generate | {plain:.1f} |\n| shared_prefix (ours) | {ours:.1f} |\n\n"
         f"speed-up: **{ours / plain:.2f}×**\n"
     )
-    print(text)
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(f"{machine()}\n\n{text}")
+    report(text, args.out)
     return 0
 
 

@@ -15,7 +15,7 @@ import statistics
 import sys
 
 from benchmarks.bench_trainer import measure
-from benchmarks.workload import Workload, machine
+from benchmarks.workload import Workload, machine, report
 
 SETTINGS = [
     {},
@@ -55,11 +55,8 @@ def main(argv=None) -> int:
         lines.append(line)
         print(line, flush=True)
     text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(f"{machine()}\n\n{text}")
+    print()
+    report(text, args.out)
     return 0
 
 

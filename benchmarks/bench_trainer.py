@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.workload import Workload, load, machine, matmul_gflops, model_gflop, num_params, peak_rss_mib, reward
+from benchmarks.workload import Workload, load, machine, matmul_gflops, model_gflop, num_params, peak_rss_mib, report, reward
 
 
 def _distinct_prompt_tokens(tokenizer, prompts: list[str]) -> int:
@@ -170,11 +170,7 @@ def main(argv=None) -> int:
     speedup = rows["TRL GRPOTrainer"]["s/step"] / rows["ours"]["s/step"]
     memory = rows["ours"]["peak MiB"] / rows["TRL GRPOTrainer"]["peak MiB"]
     text = table(rows) + f"\n\nsteps/s ratio ours/TRL: **{speedup:.2f}×**; peak memory ours/TRL: **{memory:.2f}**\n"
-    print(text)
-    if args.out:
-        from pathlib import Path
-
-        Path(args.out).write_text(f"{machine()}; matmul peak {peak:.0f} GFLOP/s\n\n{text}")
+    report(text, args.out, header=f"{machine()}; matmul peak {peak:.0f} GFLOP/s")
     return 0
 
 

@@ -105,6 +105,15 @@ def model_gflop(params: int, completion_tokens: int, prompt_tokens: int, beta: f
     return passes * params * (completion_tokens + prompt_tokens) / 1e9
 
 
+def report(text: str, out: str | None, header: str | None = None) -> None:
+    """Print a result table and, with ``out``, also write it there under a line naming the machine."""
+    print(text)
+    if out:
+        from pathlib import Path
+
+        Path(out).write_text(f"{header or machine()}\n\n{text}")
+
+
 def machine() -> str:
     import torch
 

@@ -173,3 +173,22 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
             f.flush()
     except OSError as exc:
         _raise_storage_error(exc, Path(path))
+
+
+@contextmanager
+def file_lock(path: str | os.PathLike):
+    """Hold an exclusive POSIX advisory lock on ``path`` (created if missing) for the block:
+    one process at a time builds what the lock guards. Best effort where ``fcntl`` is missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX: no lock
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -37,7 +37,6 @@ appears in the corpus, and the probe asks only those: a test of computing rather
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -50,7 +49,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
-from grpo.io import atomic_directory
+from grpo.io import atomic_directory, file_lock
 from grpo.models import cache_dir
 
 __all__ = [
@@ -202,23 +201,6 @@ def _missing_chars(texts: list[str]) -> str:
 # build
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """Serialise builds of one directory across processes (POSIX advisory lock)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX: best effort
-            yield
-            return
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _is_built(path: Path) -> bool:
     return (path / "lab.json").is_file()
 
@@ -240,7 +222,7 @@ def build_lab_model(
     target = lab_model_dir(spec, cache)
     if _is_built(target):
         return target
-    with _lock(target):
+    with file_lock(target.with_name(f".{target.name}.lock")):  # one build of a directory at a time
         if _is_built(target):  # another process built it meanwhile
             return target
         import torch

@@ -46,7 +46,7 @@ import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -245,22 +245,11 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def _alias_lock(alias: str) -> Iterator[None]:
-    """Serialise fetch/convert of one alias across processes (POSIX advisory lock)."""
-    lock_dir = cache_dir() / ".locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with open(lock_dir / f"{alias}.lock", "w") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX: best effort, no lock
-            yield
-            return
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _alias_lock(alias: str):
+    """Serialise fetch/convert of one alias across processes."""
+    from grpo.io import file_lock
+
+    return file_lock(cache_dir() / ".locks" / f"{alias}.lock")
 
 
 # --------------------------------------------------------------------------- #
