@@ -17,6 +17,10 @@ Sources (``DataSpec.source``):
   other local directory ``datasets.load_dataset`` understands (a folder of data files);
 * ``synthetic:<task>``: a task from :mod:`grpo.tasks` (``synthetic:arithmetic``,
   ``synthetic:countdown``), generated with ``seed``, ``language`` and ``options``;
+* a **named source** registered with :func:`register_data_source` (``gsm8k``, ``mgsm_en``,
+  ``mgsm_zh``, ...): a short name that resolves to a concrete spec (a file, its columns and
+  language). The names come before hub ids (``hub:<id>`` forces the hub); ``grpo data list``
+  shows them. The shared data sets live in :func:`shared_data_dir`;
 * anything else is a Hugging Face hub dataset id (``openai/gsm8k`` with ``subset: main``).
 
 CSV/TSV header rows: ``header: true`` / ``false`` say whether the first line names the columns.
@@ -30,17 +34,23 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "DataSpec",
     "DataError",
     "load_rows",
+    "load_sft_rows",
+    "register_data_source",
+    "resolve_source",
+    "list_data_sources",
+    "shared_data_dir",
     "PROMPT_COLUMNS",
     "SOLUTION_COLUMNS",
     "SYNTHETIC_PREFIX",
@@ -127,6 +137,95 @@ class DataSpec:
 
 
 # --------------------------------------------------------------------------------------------
+# named sources: short names for data sets this machine has (or can fetch) offline
+
+
+@dataclass(frozen=True)
+class NamedSource:
+    name: str
+    description: str  # one line: what it is, rows, license
+    resolve: Callable[[DataSpec], DataSpec]  # the user's spec (source = the name) -> a concrete spec
+
+
+DATA_SOURCES: dict[str, NamedSource] = {}
+#: ``source`` prefix that skips the named sources and goes to the Hugging Face hub.
+HUB_PREFIX = "hub:"
+#: Environment variable naming the folder of shared data sets (gsm8k/, mgsm/, ...).
+DATA_DIR_VARIABLE = "GRPO_DATA_DIR"
+
+
+def register_data_source(name: str, description: str):
+    """Register ``fn(spec) -> DataSpec`` under ``name``: ``source: <name>`` in a recipe (or
+    ``grpo eval --data <name>``) loads what ``fn`` returns. ``fn`` gets the user's spec (its
+    ``size``, ``shuffle``, ``seed``, ``split`` ... apply as usual) and returns it with ``source``
+    made concrete (a file path) and defaults for ``columns``/``language`` where the user gave none."""
+
+    def wrap(fn: Callable[[DataSpec], DataSpec]):
+        DATA_SOURCES[name] = NamedSource(name, description, fn)
+        return fn
+
+    return wrap
+
+
+def list_data_sources() -> dict[str, str]:
+    """Registered source names mapped to their one-line descriptions."""
+    return {name: DATA_SOURCES[name].description for name in sorted(DATA_SOURCES)}
+
+
+def resolve_source(spec: DataSpec) -> DataSpec:
+    """``spec`` with a named source replaced by the concrete spec it stands for (and ``hub:`` dropped)."""
+    source = spec.source.strip()
+    if source.startswith(HUB_PREFIX):
+        return replace(spec, source=source[len(HUB_PREFIX) :].strip())
+    named = DATA_SOURCES.get(source)
+    return named.resolve(spec) if named is not None else spec
+
+
+def _shared_data_candidates() -> list[Path]:
+    if os.environ.get(DATA_DIR_VARIABLE, "").strip():
+        return [Path(os.environ[DATA_DIR_VARIABLE]).expanduser()]
+    repo = Path(__file__).resolve().parent.parent
+    # Beside the checkout (the layout of these machines: <work>/main and <work>/shared/data),
+    # then inside it.
+    return [repo.parent / "shared" / "data", repo / "shared" / "data"]
+
+
+def shared_data_dir(required: str | None = None) -> Path:
+    """The folder of shared data sets: ``$GRPO_DATA_DIR``, else ``shared/data`` beside or inside
+    the checkout. With ``required`` (a path inside it), a :class:`DataError` that names every
+    place looked when none holds it."""
+    candidates = _shared_data_candidates()
+    for folder in candidates:
+        if folder.is_dir() and (required is None or (folder / required).exists()):
+            return folder
+    looked = ", ".join(f"'{c / required}'" if required else f"'{c}'" for c in candidates)
+    raise DataError(
+        f"shared data set {required or ''} not found; looked in {looked}; set {DATA_DIR_VARIABLE} to the folder "
+        "that holds gsm8k/ and mgsm/ (see README: Models and data)"
+    )
+
+
+def _shared_file(spec: DataSpec, relative: str, columns: dict[str, str], language: str) -> DataSpec:
+    path = shared_data_dir(relative) / relative
+    return replace(spec, source=str(path), columns=spec.columns or columns, language=spec.language or language)
+
+
+@register_data_source("gsm8k", "GSM8K grade-school math, training split, 7473 rows (MIT); shared data")
+def _gsm8k(spec: DataSpec) -> DataSpec:
+    return _shared_file(spec, "gsm8k/train.jsonl", {"question": "prompt", "answer": "solution"}, "en")
+
+
+@register_data_source("mgsm_en", "MGSM English: 250 GSM8K test problems (CC-BY 4.0); shared data")
+def _mgsm_en(spec: DataSpec) -> DataSpec:
+    return _shared_file(spec, "mgsm/mgsm_en.tsv", {}, "en")
+
+
+@register_data_source("mgsm_zh", "MGSM Chinese: the same 250 problems translated by humans (CC-BY 4.0); shared data")
+def _mgsm_zh(spec: DataSpec) -> DataSpec:
+    return _shared_file(spec, "mgsm/mgsm_zh.tsv", {}, "zh")
+
+
+# --------------------------------------------------------------------------------------------
 # public entry point
 
 
@@ -138,6 +237,7 @@ def load_rows(spec: DataSpec) -> list[dict]:
     answer can be parsed. Rows whose gold answer cannot be parsed are skipped, with one warning
     that counts them.
     """
+    spec = resolve_source(spec)
     if spec.is_synthetic:
         rows = _synthetic_rows(spec)
         return list(_normalise(rows, list(rows[0]) if rows else [], spec, extract=False))
@@ -160,6 +260,7 @@ def load_sft_rows(spec: DataSpec) -> list[dict]:
     prompt column (``PROMPT_COLUMNS``) and a completion column (``COMPLETION_COLUMNS``) are found
     or mapped with ``columns:``. No gold answer is needed. Other columns are kept.
     """
+    spec = resolve_source(spec)
     if spec.is_synthetic:
         raw, names = _synthetic_rows(spec), None
     else:
@@ -221,8 +322,10 @@ def _format_of(path: Path) -> str | None:
 
 
 def is_hub_id(source: str) -> bool:
-    """True when ``source`` names a hub dataset (not synthetic, not a local path)."""
-    return not source.startswith(SYNTHETIC_PREFIX) and not Path(source).expanduser().exists() and not _looks_like_path(source)
+    """True when ``source`` names a hub dataset (not synthetic, not named, not a local path)."""
+    if source.strip().startswith(HUB_PREFIX):
+        return True
+    return source.strip() not in DATA_SOURCES and not source.startswith(SYNTHETIC_PREFIX) and not Path(source).expanduser().exists() and not _looks_like_path(source)
 
 
 def _looks_like_path(source: str) -> bool:

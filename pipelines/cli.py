@@ -4,6 +4,7 @@
     grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run]   a staged recipe
     grpo ablate RECIPE [--set key=value ...]                 arms × seeds, compared
     grpo rewards list                                        registered reward functions
+    grpo data list                                           named data sources (gsm8k, mgsm_en, ...)
     grpo models fetch [ALIAS] | grpo models list             embedded default models
 """
 
@@ -101,6 +102,14 @@ def _cmd_rewards_list(args) -> int:
     return 0
 
 
+def _cmd_data_list(args) -> int:
+    from grpo.data import list_data_sources
+
+    for name, doc in list_data_sources().items():
+        print(f"{name:<24} {doc}")
+    return 0
+
+
 def _cmd_models(args) -> int:
     from grpo.models import main as models_main
 
@@ -136,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     rewards = sub.add_parser("rewards", help="reward functions")
     rewards_sub = rewards.add_subparsers(dest="action", required=True)
     rewards_sub.add_parser("list", help="list registered reward functions").set_defaults(func=_cmd_rewards_list)
+
+    data = sub.add_parser("data", help="named data sources")
+    data_sub = data.add_subparsers(dest="action", required=True)
+    data_sub.add_parser("list", help="list named data sources (source: <name> in a recipe)").set_defaults(func=_cmd_data_list)
 
     models = sub.add_parser("models", help="embedded default models")
     models.add_argument("action", choices=["fetch", "list"])

@@ -162,3 +162,26 @@ def test_from_dict_validates_types():
     assert spec.size == 3 and spec.columns == {"q": "prompt"}
     with pytest.raises(ConfigError, match="data.train.size: must be ≥ 1"):
         DataSpec.from_dict({"source": "x.jsonl", "size": 0}, path="data.train")
+
+
+@pytest.mark.skipif(not GSM8K.exists(), reason="shared GSM8K data not present")
+def test_named_sources_resolve_to_the_shared_files(monkeypatch):
+    monkeypatch.setenv("GRPO_DATA_DIR", str(SHARED))
+    named = load_rows(DataSpec(source="gsm8k", size=3))
+    assert named == load_rows(DataSpec(source=str(GSM8K), size=3, language="en"))
+    assert named[0]["solution"] == "72"
+    zh = load_rows(DataSpec(source="mgsm_zh", size=2))
+    assert zh[0]["solution"] == "18" and zh[0]["language"] == "zh" and CJK.search(zh[0]["prompt"])
+    assert load_rows(DataSpec(source="mgsm_en", size=1))[0]["prompt"].startswith("Janet")
+    # The user's own settings win over the source's defaults.
+    assert load_rows(DataSpec(source="mgsm_zh", size=1, language="xx"))[0]["language"] == "xx"
+
+
+def test_named_source_missing_data_says_where_it_looked(monkeypatch, tmp_path):
+    from grpo.data import is_hub_id, list_data_sources
+
+    monkeypatch.setenv("GRPO_DATA_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match=r"gsm8k/train.jsonl not found; looked in '.*nowhere/gsm8k/train.jsonl'; set GRPO_DATA_DIR"):
+        load_rows(DataSpec(source="gsm8k"))
+    assert {"gsm8k", "mgsm_en", "mgsm_zh"} <= set(list_data_sources())
+    assert not is_hub_id("gsm8k") and is_hub_id("hub:gsm8k") and is_hub_id("openai/gsm8k")
