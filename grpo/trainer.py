@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from grpo.advantages import compute_advantages, zero_std_groups
+from grpo.advantages import PER_REWARD_ESTIMATORS, compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
 from grpo.distributed import DataParallel
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
@@ -77,9 +77,12 @@ class PromptSampler:
 
 
 def completion_logprobs(
-    model, batch: Rollout, rows: slice, temperature: float, with_entropy: bool = False, group_size: int = 1
+    model, batch: Rollout, rows: slice, temperature: float, with_entropy: bool = False, group_size: int = 1,
+    entropy_grad: bool = False,
 ):
-    """log π(token | prefix) of each completion token, [n, L] (and the mean-free entropy [n, L]).
+    """log π(token | prefix) of each completion token, [n, L] (and the policy's entropy [n, L]).
+
+    The entropy is detached unless ``entropy_grad`` (the entropy bonus needs its gradient).
 
     Logits are divided by the sampling temperature so the probabilities are those the tokens were
     sampled from. Positions follow the attention mask, as in ``generate`` with left padding.
@@ -126,7 +129,7 @@ def completion_logprobs(
     logp = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
     if not with_entropy:
         return logp, None
-    with torch.no_grad():
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         probs = torch.softmax(logits, dim=-1)
         entropy = log_norm - (probs * logits).sum(-1)
     return logp, entropy
@@ -237,7 +240,11 @@ class GRPOTrainer:
         t_rewards = t_rollout + timing["rewards"]
 
         # 3. Group-relative advantages (of the whole batch; this rank keeps its rows).
-        advantages, adv_stats = compute_advantages(rewards, G, cfg.advantage_estimator, cfg.reward_std_eps)
+        per_reward = weights = None
+        if cfg.advantage_estimator in PER_REWARD_ESTIMATORS:  # e.g. gdpo: each reward normalised on its own
+            per_reward = torch.tensor([batch_scores.per_reward[t.name] for t in self.rewards], dtype=torch.float32).T
+            weights = torch.tensor([t.weight for t in self.rewards], dtype=torch.float32)
+        advantages, adv_stats = compute_advantages(rewards, G, cfg.advantage_estimator, cfg.reward_std_eps, per_reward, weights)
         advantages = self.dist.local(advantages).to(self.device)
 
         # 4. Which tokens get a gradient.
@@ -272,23 +279,30 @@ class GRPOTrainer:
         self.model.train()
         losses, kls, clip = [], [], {"low": [], "high": [], "region": []}
         entropies, grad_norms = [], []
+        entropy_bonus = cfg.entropy_coef != 0.0  # then every micro-batch needs the entropy, with its graph
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             pass_loss = 0.0
             for c in chunks:
                 logp, entropy = completion_logprobs(
-                    self.model, rollout, c, cfg.temperature, with_entropy=not entropies, group_size=shared
+                    self.model, rollout, c, cfg.temperature, with_entropy=entropy_bonus or not entropies, group_size=shared,
+                    entropy_grad=entropy_bonus,
                 )
                 loss, stats = policy_loss(
                     logp,
                     None if old_logp is None else old_logp[c],
                     advantages[c],
                     loss_mask[c],
+                    policy=cfg.policy_loss,
                     epsilon_low=cfg.epsilon_low,
                     epsilon_high=cfg.epsilon_high,
+                    sapo_temperature_pos=cfg.sapo_temperature_pos,
+                    sapo_temperature_neg=cfg.sapo_temperature_neg,
                     ref_logp=None if ref_logp is None else ref_logp[c],
                     beta=cfg.beta,
                     kl_estimator=cfg.kl_estimator,
+                    entropy=entropy,
+                    entropy_coef=cfg.entropy_coef,
                     aggregation=cfg.loss_aggregation,
                     batch=shape,
                 )
@@ -298,9 +312,9 @@ class GRPOTrainer:
                     kls.append((stats.kl, stats.num_tokens))
                 for key in clip:
                     clip[key].append((getattr(stats, f"clip_{key}"), stats.num_tokens))
-                if entropy is not None:
+                if entropy is not None and not entropies:  # logged from the first micro-batch
                     m = rollout.completion_mask[c].float()
-                    entropies.append((((entropy * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
+                    entropies.append((((entropy.detach() * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
             params = [p for p in self.model.parameters() if p.requires_grad]
             self.dist.sum_gradients(params)  # whole batch: each rank's loss is its share of the batch loss
             pass_loss = self.dist.sum(pass_loss)
