@@ -223,14 +223,35 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def _stage_evals(run_dir: Path) -> dict[str, dict]:
+    """The run's eval_after results: model (base or stage) -> eval.json, in pipeline order."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    out = {}
+    for entry in manifest.get("evaluations", []):
+        path = run_dir / entry["dir"] / "eval.json"
+        if entry.get("status") == "complete" and path.exists():
+            out[entry["target"]] = json.loads(path.read_text())
+    return out
+
+
 def summarize_arms(runs: list[ArmRun]) -> dict[str, dict]:
-    """Per arm: each table metric's mean and std over seeds, and the per-seed values."""
+    """Per arm: each table metric's mean and std over seeds, and the per-seed values; under
+    ``after_stage``, the same for the eval_after figures of each model of the pipeline."""
+    from pipelines.report import STAGE_EVAL_COLUMNS
+
     arms: dict[str, dict] = {}
+    stage_evals: dict[str, dict[int, dict]] = {}
     for run in runs:
         arms.setdefault(run.arm, {"seeds": {}})["seeds"][run.seed] = _last_eval(run.run_dir)
+        stage_evals.setdefault(run.arm, {})[run.seed] = _stage_evals(run.run_dir)
     for arm, info in arms.items():
         for _, key in TABLE_METRICS + [("wall time", "wall_time_s")]:
             info[key] = mean_std([s.get(key) for s in info["seeds"].values()])
+        targets = list(dict.fromkeys(t for per_seed in stage_evals[arm].values() for t in per_seed))
+        info["after_stage"] = {
+            t: {key: mean_std([per_seed.get(t, {}).get(key) for per_seed in stage_evals[arm].values()]) for _, key in STAGE_EVAL_COLUMNS}
+            for t in targets
+        }
     return arms
 
 
@@ -255,9 +276,26 @@ def write_ablation(ablation: AblationRecipe, runs: list[ArmRun], out: Path) -> P
         cells = [_cell(info[key], 1 if key.startswith("mean_length") else 4 if key == "rl_kl" else 3) for _, key in TABLE_METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_cell(info['wall_time_s'], 0)} |")
     lines += ["", "![curves](ablation.png)", ""]
+    lines += _after_stage_table(arms)
     plot_ablation(runs, out / "ablation.png")
     atomic_write_json(out / "ablation.json", {arm: {k: v for k, v in info.items()} for arm, info in arms.items()})
     return atomic_write_text(out / "ablation.md", "\n".join(lines))
+
+
+def _after_stage_table(arms: dict[str, dict]) -> list[str]:
+    """The eval set after every stage of each arm (eval_after), mean ± std over seeds: what each
+    stage changed, and its seed-to-seed noise."""
+    from pipelines.report import STAGE_EVAL_COLUMNS
+
+    if not any(info["after_stage"] for info in arms.values()):
+        return []
+    lines = ["## After every stage", "", "| arm | model after | " + " | ".join(label for label, _ in STAGE_EVAL_COLUMNS) + " |"]
+    lines.append("|---|---|" + "---|" * len(STAGE_EVAL_COLUMNS))
+    for arm, info in arms.items():
+        for target, figures in info["after_stage"].items():
+            cells = [_cell(figures[key], 1 if key.startswith("mean_length") else 3) for _, key in STAGE_EVAL_COLUMNS]
+            lines.append(f"| {arm} | {target} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot_ablation(runs: list[ArmRun], path: Path) -> Path:
