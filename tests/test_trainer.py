@@ -106,20 +106,54 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_model_dir, tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+#: Completion lengths the rollouts are cut to in the accumulation test (a random tiny model never
+#: ends a completion by itself): short and long rows in every micro-batch of 2.
+CUT_LENGTHS = [40, 3, 25, 9, 2, 33, 14, 40]
+
+
 def _one_step_grads(model_dir, out, **overrides):
     trainer = make_trainer(model_dir, out, steps=1, **overrides)
-    trainer.step(1)  # with μ = 1 the .grad fields keep the step's (accumulated) gradient
-    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    rollouts = []
+    real_generate = trainer.engine.generate
+
+    def cut(*args, **kwargs):
+        rollout = real_generate(*args, **kwargs)
+        for i, n in enumerate(CUT_LENGTHS):  # as if row i had ended after n tokens
+            rollout.completion_mask[i, n:] = 0
+            rollout.truncated[i] = n == rollout.completion_ids.shape[1]
+        rollouts.append(rollout)
+        return rollout
+
+    trainer.engine.generate = cut
+    metrics, _ = trainer.step(1)  # with μ = 1 the .grad fields keep the step's (accumulated) gradient
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return grads, metrics["grad_norm"], rollouts[0].lengths
 
 
-@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
-def test_gradient_accumulation_gives_the_same_gradient(tiny_model_dir, tmp_path, aggregation):
-    one = _one_step_grads(tiny_model_dir, tmp_path / "one", loss_aggregation=aggregation)
-    four = _one_step_grads(tiny_model_dir, tmp_path / "four", loss_aggregation=aggregation, gradient_accumulation_steps=4)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"loss_aggregation": "grpo"},
+        {"loss_aggregation": "dapo"},
+        {"loss_aggregation": "dr_grpo"},
+        {"loss_aggregation": "grpo", "policy_loss": "gspo"},
+        {"loss_aggregation": "dapo", "policy_loss": "cispo"},
+        {"loss_aggregation": "grpo", "policy_loss": "sapo", "entropy_coef": 0.01},
+    ],
+    ids=["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo+entropy"],
+)
+def test_gradient_accumulation_gives_the_same_gradient(tiny_model_dir, tmp_path, settings):
+    # No gradient clipping: clipping rescales a too-large gradient to norm 1, which would hide a
+    # micro-batch normalisation that is off by a constant factor. Completions of different
+    # lengths, so that per-sequence and per-token normalisations differ.
+    kw = dict(max_grad_norm=None, max_new_tokens=40, **settings)
+    one, norm_one, lengths = _one_step_grads(tiny_model_dir, tmp_path / "one", **kw)
+    four, norm_four, _ = _one_step_grads(tiny_model_dir, tmp_path / "four", gradient_accumulation_steps=4, **kw)
+    assert len(set(lengths.tolist())) > 2, lengths  # the premise: lengths differ within the batch
+    assert norm_four == pytest.approx(norm_one, rel=1e-4) and norm_one > 1e-3  # a real gradient, the same size
     assert one.keys() == four.keys() and len(one) > 5
     for k in one:
         assert torch.allclose(one[k], four[k], atol=1e-6, rtol=1e-4), k
-    assert any(g.abs().max() > 1e-4 for g in one.values())  # a real gradient, not zeros
 
 
 def test_multiple_iterations_clip_and_log(tiny_model_dir, tmp_path):
