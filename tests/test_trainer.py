@@ -156,6 +156,29 @@ def test_gradient_accumulation_gives_the_same_gradient(tiny_model_dir, tmp_path,
         assert torch.allclose(one[k], four[k], atol=1e-6, rtol=1e-4), k
 
 
+def test_entropy_bonus_reaches_the_gradient(tiny_model_dir, tmp_path):
+    plain, _, _ = _one_step_grads(tiny_model_dir, tmp_path / "plain", max_grad_norm=None)
+    bonus, _, _ = _one_step_grads(tiny_model_dir, tmp_path / "bonus", max_grad_norm=None, entropy_coef=0.5)
+    moved = max((plain[k] - bonus[k]).abs().max().item() for k in plain)
+    assert moved > 1e-4  # the entropy's own gradient was added (a detached entropy would add nothing)
+
+
+def test_gdpo_gets_each_reward_functions_values(tiny_model_dir, tmp_path, monkeypatch):
+    import grpo.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.compute_advantages
+    monkeypatch.setattr(trainer_module, "compute_advantages", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    chars = lambda prompts, completions, **_: [float(len(c)) for c in completions]  # noqa: E731
+    terms = [RewardTerm("digits", digit_share, 1.0), RewardTerm("chars", chars, 0.5)]
+    cfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=4, max_new_tokens=12, advantage_estimator="gdpo", beta=0.0, progress=False)
+    GRPOTrainer(model, tok, terms, make_rows(tok), cfg, tmp_path, seed=0).step(1)
+    rewards, group_size, estimator, _, per_reward, weights = calls[0]
+    assert estimator == "gdpo" and group_size == 4 and per_reward.shape == (8, 2) and weights.tolist() == [1.0, 0.5]
+    assert torch.allclose(rewards, per_reward[:, 0] + 0.5 * per_reward[:, 1])  # the table the total was summed from
+
+
 def test_multiple_iterations_clip_and_log(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path, steps=1, num_iterations=4, learning_rate=5e-2)
     metrics, _ = trainer.step(1)
