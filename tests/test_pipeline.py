@@ -131,7 +131,7 @@ def test_eval_after_chooses_the_models(tiny_model_dir, tmp_path):
     assert summary["num_prompts"] == 4 and summary["samples_per_prompt"] == 4  # no eval stage: EvalConfig defaults, data.eval
     assert "| reasoning_rl |" in (tmp_path / "run" / "report.md").read_text()
     # eval_after: [] turns it off; the report has no such table.
-    recipe.update(eval_after=[], output_dir=str(tmp_path / "off"))
+    recipe.update(eval_after=[], output_dir=str(tmp_path / "off"), stages=recipe["stages"][:1])
     manifest = Runner(load_recipe(write(tmp_path / "off.yaml", recipe)), progress=False).run()
     assert manifest["evaluations"] == [] and not (tmp_path / "off" / "evals").exists()
     assert "What each stage did" not in (tmp_path / "off" / "report.md").read_text()
