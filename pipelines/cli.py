@@ -63,7 +63,8 @@ def _relaunch_train(args, recipe) -> int:
 def _run_launch(launch, argv: list[str], what: str) -> int:
     code = subprocess.run(launch.command(argv)).returncode
     if code:
-        print(f"error: {what} stopped in one of the {launch.world_size} processes; the first 'error:' line above says why", file=sys.stderr)
+        print(f"error: {what} stopped in one of the {launch.world_size} processes (the lines above say which and why); "
+              "what was complete is kept: continue with --resume", file=sys.stderr)
     return code
 
 
