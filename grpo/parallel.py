@@ -185,13 +185,18 @@ class DDPEngine(PolicyEngine):
 
     def __init__(self, model, ref_model, dist, device: torch.device):
         super().__init__(model, ref_model, dist)
+        import inspect
+
         from torch.nn.parallel import DistributedDataParallel
 
+        # No trained buffers (rotary tables are recomputed, not learnt): nothing to sync per forward.
+        no_buffer_sync = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+                          else "broadcast_buffers")
         self._call = DistributedDataParallel(
             _CallOnModel(model),
             device_ids=[device.index] if device.type == "cuda" else None,
             process_group=dist.device_group,
-            broadcast_buffers=False,  # no trained buffers (rotary tables are recomputed, not learnt)
+            **{no_buffer_sync: False},
             init_sync=False,  # the ranks start from rank 0's weights already (DataParallel.broadcast_parameters)
             gradient_as_bucket_view=True,  # gradients live in DDP's buckets: no second copy
         )
@@ -332,6 +337,11 @@ def lora_scalings(model) -> dict[str, tuple[str, float]]:
     return out
 
 
+def merge_lora_weight(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+    """One adapted linear layer merged: W + s·(B A), computed in float32, returned in W's dtype."""
+    return (w.float() + scaling * (b.float() @ a.float())).to(w.dtype)
+
+
 def merge_lora(state: dict[str, torch.Tensor], scalings: dict[str, tuple[str, float]]) -> dict[str, torch.Tensor]:
     """A peft LoRA model's full state dict as the plain model's: for each adapted linear layer m,
 
@@ -344,8 +354,7 @@ def merge_lora(state: dict[str, torch.Tensor], scalings: dict[str, tuple[str, fl
         a = state.pop(f"{module}.lora_A.{adapter}.weight")
         b = state.pop(f"{module}.lora_B.{adapter}.weight")
         key = f"{module}.base_layer.weight"
-        w = state[key]
-        state[key] = (w.float() + scaling * (b.float() @ a.float())).to(w.dtype)
+        state[key] = merge_lora_weight(state[key], a, b, scaling)
     left = [k for k in state if ".lora_" in k]
     if left:
         raise ValueError(f"merge_lora: adapter weights of no active linear adapter remain ({left[:2]})")

@@ -77,6 +77,7 @@ def _single_process(command: str) -> None:
 
 
 def _cmd_run(args) -> int:
+    from grpo.launch import is_main_process
     from pipelines.recipe import load_recipe
     from pipelines.runner import Runner, dry_run
 
@@ -93,6 +94,8 @@ def _cmd_run(args) -> int:
     runner = Runner(recipe)
     started = time.perf_counter()
     runner.run(from_stage=args.from_stage, only=args.only)
+    if not is_main_process():
+        return 0
     print(f"\nrun directory: {runner.run_dir}  ({time.perf_counter() - started:.0f} s)")
     print(f"manifest: {runner.run_dir / 'manifest.json'}\nreport:   {runner.run_dir / 'report.md'}")
     return 0

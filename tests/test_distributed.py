@@ -423,3 +423,35 @@ def test_every_shipped_accelerate_config_maps_onto_the_trainer(monkeypatch):
         DistributedSettings(strategy="ddp").from_launcher(fsdp)
     with pytest.raises(ConfigError, match="fsdp_version 1 is not supported"):
         DistributedSettings().from_launcher({**fsdp, "FSDP_VERSION": "1"})
+
+
+@pytest.mark.slow
+def test_grpo_run_in_two_processes_shards_sampling_and_runs_sft(setup, tmp_path):
+    """``grpo run --num-processes 2``: the sampling stages sample their halves of the prompts and
+    write exactly what one process writes; SFT runs data-parallel in both processes (TRL /
+    accelerate) and its files are written once."""
+    from pipelines.recipe import load_recipe
+    from pipelines.runner import Runner
+
+    recipe = yaml.safe_load((setup / "full.yaml").read_text())
+    recipe["stages"] = [
+        {"name": "rs", "kind": "rejection_sampling", "samples_per_prompt": 2, "max_prompts": 12, "keep": {"length": 0.0},
+         "drop_truncated": False, "max_per_prompt": 1, "sampling": {"batch_prompts": 4}},
+        {"name": "sft", "kind": "sft", "data": "stages.rs", "sft": {"max_steps": 2, "batch_size": 2, "progress": False}},
+        {"name": "eval", "kind": "eval", "data": {"source": "synthetic:arithmetic", "size": 6}, "samples_per_prompt": 2,
+         "sampling": {"batch_prompts": 2}},
+    ]
+    path = tmp_path / "staged.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    one, two = tmp_path / "one", tmp_path / "two"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.syspath_prepend(str(setup))
+        Runner(load_recipe(path, [f"output_dir={one}"]), progress=False).run(only="rs")
+        Runner(load_recipe(path, [f"output_dir={one}"]), progress=False).run(only="eval")
+    launch(cli("run", str(path), "--set", f"output_dir={two}", "--num-processes", "2"), setup)
+    for name in ("rs/data.jsonl", "rs/samples.jsonl", "rs/stats.json", "eval/samples.jsonl", "eval/eval.json"):
+        assert (two / name).read_text() == (one / name).read_text(), name
+    assert [r["step"] for r in read_jsonl(two / "sft" / "metrics.jsonl")] == [1, 2]  # one writer
+    assert (two / "sft" / "final" / "model.safetensors").exists()
+    manifest = yaml.safe_load((two / "manifest.json").read_text())
+    assert [s["status"] for s in manifest["stages"]] == ["complete"] * 3

@@ -40,6 +40,12 @@ class StageContext:
     resume: bool  # work_dir holds an interrupted attempt of this same configuration
     seed: int
     progress: bool = True
+    dist: Any = None  # grpo.distributed.DataParallel when the run has several processes (None: one)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes the stage's files."""
+        return self.dist is None or self.dist.is_main
 
 
 @dataclass

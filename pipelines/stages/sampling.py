@@ -23,8 +23,12 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps({k: v for k, v in r.items() if k != "completion_ids"}, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None):
-    """Rendered prompts of the stage's data, n samples each, from the init model."""
+def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None,
+            *, score: bool = False, rewards=None) -> list[dict]:
+    """Rendered prompts of the stage's data, n samples each, from the init model (scored with
+    ``rewards``, default the recipe's, when ``score``). With several processes each samples and
+    scores its share of the prompt batches (``sample_completions(shard=...)``) and every rank gets
+    the whole list, in the one-process order."""
     from grpo.data import load_rows
     from grpo.evaluation import sample_completions
     from grpo.models import load_model_and_tokenizer
@@ -37,11 +41,18 @@ def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSetti
     params = sampling.resolved(ctx.recipe.grpo)
     prepared = prepare_rows(rows, template, tokenizer, ctx.recipe.grpo.max_prompt_length,
                             max_new_tokens=params["max_new_tokens"], max_positions=model_max_positions(model))
-    if prepared.report():
+    if prepared.report() and ctx.is_main:
         print(f"[{ctx.name}] {prepared.report()}")
-    return sample_completions(
-        model, tokenizer, prepared.rows, n, seed=ctx.seed, batch_prompts=sampling.batch_prompts, progress=ctx.progress, **params
+    dist = ctx.dist
+    samples = sample_completions(
+        model, tokenizer, prepared.rows, n, seed=ctx.seed, batch_prompts=sampling.batch_prompts, progress=ctx.progress and ctx.is_main,
+        shard=(dist.rank, dist.world_size) if dist is not None else (0, 1), **params
     )
+    if score:
+        samples, _ = _scored(ctx, samples, rewards)
+    if dist is not None and dist.active:
+        samples = sorted(dist.gather(samples), key=lambda r: (r["row"], r["sample"]))  # whole: every rank's share
+    return samples
 
 
 def _scored(ctx, samples, rewards):
@@ -72,6 +83,8 @@ class GenerateStage(Stage):
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
         samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
+        if not ctx.is_main:
+            return StageResult()
         atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(samples))
         return StageResult(outputs={"data": "data.jsonl"}, metrics={"samples": len(samples)})
 
@@ -120,8 +133,10 @@ class RejectionSamplingStage(Stage):
 
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
-        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
-        scored, _ = _scored(ctx, samples, cfg.rewards)
+        scored = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts,
+                         score=True, rewards=cfg.rewards)
+        if not ctx.is_main:
+            return StageResult()
         rules = KeepRules(
             min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
             drop_truncated=cfg.drop_truncated, dedupe=cfg.dedupe, max_per_prompt=cfg.max_per_prompt,
@@ -166,12 +181,15 @@ class EvalStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         from grpo.evaluation import evaluation_summary, summary_markdown
+        from pipelines.recipe import reward_terms
 
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.eval, ctx.data_path, f"stages.{ctx.name}.data")
-        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
-        scored, terms = _scored(ctx, samples, cfg.rewards)
-        summary = evaluation_summary(scored, terms)
+        scored = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts,
+                         score=True, rewards=cfg.rewards)
+        if not ctx.is_main:
+            return StageResult()
+        summary = evaluation_summary(scored, reward_terms(cfg.rewards or ctx.recipe.rewards))
         summary["model"] = ctx.init_model
         atomic_write_text(ctx.work_dir / "samples.jsonl", _jsonl(scored))
         atomic_write_json(ctx.work_dir / "eval.json", summary)
