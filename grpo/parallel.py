@@ -69,15 +69,19 @@ def local_bytes(t: torch.Tensor | None) -> int:
 
 
 def state_memory(model, optimizer) -> dict[str, float]:
-    """MiB of this rank's policy parameters, gradients and optimiser state (what sharding divides)."""
+    """MiB of this rank's policy parameters, gradients and optimiser state (what sharding divides),
+    and on a GPU the allocator's peak."""
     params = list(model.parameters())
     optim = sum(local_bytes(v) for state in optimizer.state.values() for v in state.values() if torch.is_tensor(v) and v.dim() > 0)
     mib = 2**20
-    return {
+    out = {
         "memory/params_mib": sum(local_bytes(p) for p in params) / mib,
         "memory/grads_mib": sum(local_bytes(p.grad) for p in params) / mib,
         "memory/optimizer_mib": optim / mib,
     }
+    if params and params[0].device.type == "cuda":  # the allocator's peak on this GPU so far (everything: rollouts too)
+        out["memory/cuda_peak_mib"] = torch.cuda.max_memory_allocated(params[0].device) / mib
+    return out
 
 
 def mixed_precision_dtypes() -> tuple[torch.dtype | None, torch.dtype | None]:

@@ -52,7 +52,7 @@ from grpo.scoring import RewardTerm, Scores, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
 TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train",
-               "memory/params_mib", "memory/grads_mib", "memory/optimizer_mib")
+               "memory/params_mib", "memory/grads_mib", "memory/optimizer_mib", "memory/cuda_peak_mib")
 
 
 def step_seed(seed: int, step: int) -> int:
