@@ -32,6 +32,7 @@ class DistributedSettings:
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"  # auto: fsdp under an accelerate FSDP config, else ddp
     cpu_offload: bool = False  # fsdp on GPUs: parameter shards, gradients and AdamW state in CPU memory (CPUOffloadPolicy)
     reshard_after_forward: bool = True  # fsdp: free each layer's gathered weights after its forward (False: keep them for the backward: fewer all-gathers, more memory)
+    rollout_weights: Literal["gathered", "per_layer"] = "gathered"  # fsdp rollouts: every layer gathered once per rollout (fast; the whole model in compute dtype on each device meanwhile), or each layer per forward with the ranks decoding in step (one layer at a time: for models whose whole weights do not fit beside the shards)
 
     def resolved_strategy(self) -> str:
         """``ddp`` or ``fsdp``: the recipe's choice, or the launcher's when the recipe says ``auto``."""

@@ -25,11 +25,15 @@ What the trainer asks of the engine:
   its backward is the one that communicates (DDP; FSDP reduce-scatters in every backward and
   keeps only the summed shard, which is what keeps its gradient memory at 1/N).
 * ``generation(engine)``: the rollout engines call the policy many times (one forward per token)
-  and each rank decodes for as many steps as *its* completions need. Under FSDP every layer is
-  therefore gathered once when the rollout starts and kept, resharded when it ends: the full
-  weights exist only for the rollout's duration, never as a permanent second copy, and no rank
-  waits on another between tokens. The vLLM engine reads the weights itself (one tensor at a
-  time, grpo/rollout_vllm.py) and needs no gathering here.
+  and each rank decodes for as many steps as *its* completions need. Under FSDP, with
+  ``rollout_weights: gathered`` (the default), every layer is gathered once when the rollout
+  starts and kept, resharded when it ends: the full weights (in the compute dtype) exist only for
+  the rollout's duration, never as a permanent second copy, and no rank waits on another between
+  tokens. With ``per_layer`` FSDP's own hooks gather each layer for each forward and free it
+  after, so a rank holds one layer beyond its shards; the ranks then decode in step (the
+  engine's ``step_sync``: one all-reduce per token, and a rank that is done runs empty forwards
+  until every rank is). The vLLM engine reads the weights itself (one tensor at a time,
+  grpo/rollout_vllm.py) and needs no gathering here.
 * ``clip_grad_norm(params, max_norm)``: the global norm (from the shards under FSDP).
 * ``save(path, optimizer)`` / ``load(path, optimizer)``: ``torch.distributed.checkpoint`` of the
   trainable weights and the optimiser state, by parameter name and global shape, each rank
@@ -223,6 +227,7 @@ class FSDPEngine(PolicyEngine):
 
         if settings.cpu_offload and device.type != "cuda":
             raise ConfigError("distributed.cpu_offload: moves FSDP shards from GPU to CPU memory; this run trains on the CPU already")
+        self.dist_device = device
         param_dtype, reduce_dtype = mixed_precision_dtypes()
         mesh = init_device_mesh(device.type, (dist.world_size,))
         common = {
@@ -231,6 +236,7 @@ class FSDPEngine(PolicyEngine):
             "offload_policy": CPUOffloadPolicy(pin_memory=True) if settings.cpu_offload else OffloadPolicy(),
         }
         self.layer_reshard = settings.reshard_after_forward
+        self.rollout_weights = settings.rollout_weights
         self.units = shard_model(model, reshard_after_forward=self.layer_reshard, **common)
         for unit in self.units:
             unit.set_gradient_divide_factor(1.0)  # a sum: each rank's loss is its share of the batch loss
@@ -238,10 +244,22 @@ class FSDPEngine(PolicyEngine):
         if ref_model is not None:  # frozen: gathered per layer for its forward, freed after
             shard_model(ref_model, reshard_after_forward=True, root_reshard_after_forward=True, **common)
 
+    def _any_rank_decoding(self, mine: bool) -> bool:
+        flag = torch.tensor([1.0 if mine else 0.0], device=self.dist_device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self.dist.device_group)
+        return bool(flag.item())
+
     @contextmanager
     def generation(self, engine):
         if not getattr(engine, "runs_policy_forward", True):  # vLLM: it holds its own copy, synced per tensor
             yield
+            return
+        if self.rollout_weights == "per_layer":
+            engine.step_sync = self._any_rank_decoding
+            try:
+                yield
+            finally:
+                engine.step_sync = None
             return
         for unit in self.units:
             unit.set_reshard_after_forward(False, recurse=False)

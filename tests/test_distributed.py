@@ -14,7 +14,9 @@ where a wrong normalisation would show.
     grpo train --num-processes 2         ddp       full     scratch                = 1 process; memory
     2 × grpo train --nnodes 2            fsdp      full     1-process checkpoint   = 1 process; memory ≈ ddp/2;
                                                             (step 1), --resume     resume with N 1 → 2
-    accelerate launch fsdp_cpu.yaml      fsdp      LoRA     scratch                = 1 process
+    accelerate launch fsdp_cpu.yaml      fsdp      LoRA     scratch                = 1 process; rollouts
+                                                                                   gathered per layer (the
+                                                                                   ranks decode in step)
     grpo train --num-processes 2, kill   ddp       LoRA     scratch                stops; --resume in 1
     -9 one rank in step 2                                                          process = 1 process
 """
@@ -219,9 +221,13 @@ def test_fsdp_holds_half_of_what_ddp_holds_per_rank(ddp_run, fsdp_two_nodes_run)
 
 @pytest.mark.slow
 def test_accelerate_launch_fsdp_config_with_lora_equals_one_process(setup, one_process):
+    """LoRA under FSDP from accelerate's config, with ``rollout_weights: per_layer``: each layer
+    gathered per forward, so the two ranks (whose completions end at different steps) must decode
+    in step; a rank that does not would leave the other waiting in an all-gather (timeout)."""
     run = setup / "accelerate-fsdp-lora"
     launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/fsdp_cpu.yaml"),
-            "-m", "pipelines.cli", "train", str(setup / "lora.yaml"), "--set", f"output_dir={run}"], setup)
+            "-m", "pipelines.cli", "train", str(setup / "lora.yaml"), "--set", f"output_dir={run}",
+            "--set", "distributed.rollout_weights=per_layer"], setup)
     assert_same_run(one_process["lora"], run, setup / "model")
     state = yaml.safe_load((run / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     assert state["strategy"] == "fsdp"  # from the accelerate config: the recipe says auto
