@@ -96,9 +96,17 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "pipelines.cli", *args]
 
 
-def launch(cmd: list[str], setup: Path) -> None:
-    done = subprocess.run(cmd, cwd=ROOT, env=env(setup), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
+def launch(cmd: list[str], setup: Path, timeout: float = 240) -> None:
+    """Run a launch to its end; one that hangs (ranks out of step) is killed with all its processes."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(setup), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{' '.join(cmd[:6])} ... did not finish in {timeout:.0f} s")
+    assert proc.returncode == 0, err[-4000:]
 
 
 def free_port() -> int:
@@ -180,10 +188,15 @@ def fsdp_two_nodes_run(setup, one_process):
         subprocess.Popen(cli("train", str(setup / "full.yaml"), "--set", f"output_dir={run}", "--set", "distributed.strategy=fsdp",
                              "--resume", "--nnodes", "2", "--node-rank", str(rank), "--num-processes", "1",
                              "--master-addr", "127.0.0.1", "--master-port", port),
-                         cwd=ROOT, env=env(setup), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, env=env(setup), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         for rank in (0, 1)
     ]
-    errors = [node.communicate(timeout=300)[1] for node in nodes]
+    try:
+        errors = [node.communicate(timeout=240)[1] for node in nodes]
+    except subprocess.TimeoutExpired:
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGKILL)
+        pytest.fail("the two-node run did not finish in 240 s")
     for node, err in zip(nodes, errors):
         assert node.returncode == 0, err[-4000:]
     return run
@@ -277,7 +290,8 @@ def test_kill_one_rank_mid_step_stops_the_run_and_resume_with_another_process_co
 
     run = setup / "killed"
     proc = subprocess.Popen(cli("train", str(setup / "lora.yaml"), "--set", f"output_dir={run}", "--set", "distributed.strategy=ddp",
-                                "--num-processes", "2"), cwd=ROOT, env=env(setup), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                "--num-processes", "2"), cwd=ROOT, env=env(setup), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 240
     while not (run / "checkpoints" / "step-000001" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be killed"
@@ -286,7 +300,11 @@ def test_kill_one_rank_mid_step_stops_the_run_and_resume_with_another_process_co
     assert len(victims) == 1, victims
     os.kill(victims[0], signal.SIGKILL)
     killed = time.time()
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("the run hung after one of its ranks was killed")
     assert proc.returncode != 0 and time.time() - killed < 60, (proc.returncode, err[-3000:])  # stopped, promptly
     assert "stopped in one of the 2 processes" in err and "--resume" in err
     assert not (run / "final").exists()
@@ -461,3 +479,39 @@ def test_grpo_run_in_two_processes_shards_sampling_and_runs_sft(setup, tmp_path)
     assert (two / "sft" / "final" / "model.safetensors").exists()
     manifest = yaml.safe_load((two / "manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"]] == ["complete"] * 3
+
+
+SHARDED_WEIGHTS_SCRIPT = r'''
+import copy, sys, torch, torch.distributed as dist
+from peft import LoraConfig, get_peft_model
+from grpo.parallel import shard_model
+from grpo.rollout_vllm import policy_weights, sharded_policy_weights
+from grpo.tiny import build_char_tokenizer, build_tiny_model
+
+dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=0, world_size=1)
+torch.manual_seed(0)
+for lora in (False, True):
+    model = build_tiny_model(build_char_tokenizer(), seed=0)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"]))
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_()
+    plain = {k: v.clone() for k, v in policy_weights(model).items()}
+    shard_model(model, reshard_after_forward=True)
+    streamed = dict(sharded_policy_weights(model))
+    assert streamed.keys() == plain.keys(), sorted(set(streamed) ^ set(plain))
+    assert all(torch.allclose(streamed[k], plain[k], atol=1e-6) for k in plain), "values differ"
+    print("ok", lora, len(plain))
+'''
+
+
+def test_fsdp_policy_is_streamed_to_vllm_under_the_plain_names_lora_merged(tmp_path):
+    """What an FSDP rank hands vLLM, one gathered tensor at a time (grpo/rollout_vllm.py
+    sharded_policy_weights), is what the unsharded policy hands it: names and values, LoRA merged.
+    (vLLM itself is not needed: this is the weight stream.)"""
+    done = subprocess.run([sys.executable, "-c", SHARDED_WEIGHTS_SCRIPT, str(tmp_path / "store")], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", "False", "21", "ok", "True", "21"]
