@@ -88,6 +88,7 @@ def _cmd_run(args) -> int:
     launch = _launch(args)
     if launch.world_size != 1 or args.nnodes != 1:
         launch.check()
+        _check_grpo_stages(recipe, launch.world_size)
         argv = ["run", args.recipe, *(a for kv in args.set for a in ("--set", kv))]
         argv += (["--from", args.from_stage] if args.from_stage else []) + (["--only", args.only] if args.only else [])
         return _run_launch(launch, argv, "the run")
@@ -99,6 +100,22 @@ def _cmd_run(args) -> int:
     print(f"\nrun directory: {runner.run_dir}  ({time.perf_counter() - started:.0f} s)")
     print(f"manifest: {runner.run_dir / 'manifest.json'}\nreport:   {runner.run_dir / 'report.md'}")
     return 0
+
+
+def _check_grpo_stages(recipe, world_size: int) -> None:
+    """Every GRPO stage splits over the processes (checked before any stage runs)."""
+    from grpo.distributed import check_data_parallel
+    from grpo.schema import ConfigError
+    from pipelines.runner import plan_stages
+    from pipelines.stages.grpo import stage_grpo_config
+
+    for stage in plan_stages(recipe):
+        if stage.kind == "grpo":
+            path = f"stages.{stage.name}.grpo"
+            try:
+                check_data_parallel(stage_grpo_config(recipe, stage.config.grpo, path), world_size, recipe.distributed)
+            except ConfigError as exc:
+                raise ConfigError(f"stages.{stage.name}.{exc}") from None
 
 
 def _cmd_ablate(args) -> int:

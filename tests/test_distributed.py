@@ -395,6 +395,11 @@ def test_configurations_that_cannot_be_split_are_one_line_errors(setup, tmp_path
     assert "--master-addr: several machines need the address of machine 0" in capsys.readouterr().err
     assert main(["train", recipe, "--set", "distributed.strategy=zero3"]) == 2
     assert "distributed.strategy" in capsys.readouterr().err
+    staged = yaml.safe_load((setup / "full.yaml").read_text())
+    staged["stages"] = [{"name": "rl", "kind": "grpo", "grpo": {"prompts_per_step": 6}}]
+    (tmp_path / "staged.yaml").write_text(yaml.safe_dump(staged))
+    assert main(["run", str(tmp_path / "staged.yaml"), "--num-processes", "4"]) == 2  # before any stage runs
+    assert "stages.rl.grpo.prompts_per_step: must be divisible by the number of processes (4)" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="grpo.gradient_accumulation_steps: must be a multiple or a divisor"):
         check_data_parallel(GRPOConfig(prompts_per_step=6, group_size=2, gradient_accumulation_steps=3), 2)
     check_data_parallel(GRPOConfig(prompts_per_step=6, group_size=2, gradient_accumulation_steps=3), 1)  # one process: anything goes
