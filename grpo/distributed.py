@@ -43,9 +43,10 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from grpo.config import GRPOConfig
-from grpo.launch import DistributedSettings, Launch, is_main_process, launched_world_size, relaunch_command  # noqa: F401 (re-exported)
+from grpo.launch import DistributedSettings, launched_world_size
 from grpo.loss import BatchShape
 from grpo.schema import ConfigError
+
 
 def check_data_parallel(config: GRPOConfig, world_size: int, settings: DistributedSettings | None = None) -> None:
     """ConfigError (one line, naming the field) when ``config`` cannot be split over ``world_size`` ranks."""
@@ -70,7 +71,8 @@ def check_data_parallel(config: GRPOConfig, world_size: int, settings: Distribut
 
 @dataclass
 class DataParallel:
-    """This process's place among the data-parallel ranks, and the collectives a GRPO step needs.
+    """This process's place among the ranks, and the collectives a GRPO step needs (the weights'
+    own are the engines', grpo/parallel.py).
 
     ``rank``/``world_size`` are 0/1 in a single process, where every method returns its input.
     """

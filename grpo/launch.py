@@ -117,8 +117,3 @@ class Launch:
             run += [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}", f"--master-addr={self.master_addr or '127.0.0.1'}",
                     f"--master-port={self.master_port}"]
         return [*run, "-m", "pipelines.cli", *argv]
-
-
-def relaunch_command(num_processes: int, argv: list[str]) -> list[str]:
-    """The command that runs ``python -m pipelines.cli <argv>`` in ``num_processes`` local processes."""
-    return Launch(num_processes).command(argv)

@@ -42,9 +42,10 @@ import torch
 
 from grpo.advantages import compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
-from grpo.distributed import DataParallel, DistributedSettings
+from grpo.distributed import DataParallel
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
 from grpo.loss import BatchShape, policy_loss
+from grpo.launch import DistributedSettings
 from grpo.packed import PackedLinears
 from grpo.parallel import state_memory, wrap_policy
 from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine, row_seed
