@@ -31,7 +31,7 @@ def _cmd_train(args) -> int:
     from pipelines.train import format_summary, train_from_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    if _launch(args).world_size != 1 or args.nnodes != 1:
+    if args.num_processes != 1 or args.nnodes != 1:
         return _relaunch_train(args, recipe)
     result, summary = train_from_recipe(recipe, resume=args.resume)
     if not is_main_process():
@@ -86,7 +86,7 @@ def _cmd_run(args) -> int:
         print(dry_run(recipe))
         return 0
     launch = _launch(args)
-    if launch.world_size != 1 or args.nnodes != 1:
+    if args.num_processes != 1 or args.nnodes != 1:
         launch.check()
         _check_grpo_stages(recipe, launch.world_size)
         argv = ["run", args.recipe, *(a for kv in args.set for a in ("--set", kv))]
