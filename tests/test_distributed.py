@@ -12,11 +12,10 @@ where a wrong normalisation would show.
 
     run                                  strategy  weights  from                   checks
     grpo train --num-processes 2         ddp       full     scratch                = 1 process; memory
-    2 × grpo train --nnodes 2            fsdp      full     1-process checkpoint   = 1 process; memory ≈ ddp/2;
-                                                            (step 1), --resume     resume with N 1 → 2
-    accelerate launch fsdp_cpu.yaml      fsdp      LoRA     scratch                = 1 process; rollouts
-                                                                                   gathered per layer (the
-                                                                                   ranks decode in step)
+    2 × grpo train --nnodes 2            fsdp      full     scratch                = 1 process; memory ≈ ddp/2
+    accelerate launch fsdp_cpu.yaml      fsdp      LoRA     1-process checkpoint   = 1 process: resume with
+                                                            (step 1), --resume     N 1 → 2; rollouts gathered
+                                                                                   per layer (ranks in step)
     grpo train --num-processes 2, kill   ddp       LoRA     scratch                stops; --resume in 1
     -9 one rank in step 2                                                          process = 1 process
 """
@@ -176,17 +175,13 @@ def ddp_run(setup):
 
 
 @pytest.fixture(scope="module")
-def fsdp_two_nodes_run(setup, one_process):
-    """Two "machines" of one process each (rendezvous on 127.0.0.1), FSDP, resuming the
-    one-process run's step-1 checkpoint: the weights and AdamW state are resharded from 1 to 2."""
+def fsdp_two_nodes_run(setup):
+    """Two "machines" of one process each (rendezvous on 127.0.0.1), FSDP, two steps from scratch."""
     run = setup / "fsdp-two-nodes"
-    shutil.copytree(one_process["full"], run)
-    shutil.rmtree(run / "checkpoints" / "step-000002")
-    shutil.rmtree(run / "final")
     port = str(free_port())
     nodes = [
         subprocess.Popen(cli("train", str(setup / "full.yaml"), "--set", f"output_dir={run}", "--set", "distributed.strategy=fsdp",
-                             "--resume", "--nnodes", "2", "--node-rank", str(rank), "--num-processes", "1",
+                             "--nnodes", "2", "--node-rank", str(rank), "--num-processes", "1",
                              "--master-addr", "127.0.0.1", "--master-port", port),
                          cwd=ROOT, env=env(setup), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         for rank in (0, 1)
@@ -213,7 +208,7 @@ def test_ddp_two_processes_equal_one_process(setup, one_process, ddp_run):
 
 
 @pytest.mark.slow
-def test_fsdp_on_two_nodes_resumed_from_one_process_equals_one_process(setup, one_process, fsdp_two_nodes_run):
+def test_fsdp_on_two_nodes_equals_one_process(setup, one_process, fsdp_two_nodes_run):
     assert_same_run(one_process["full"], fsdp_two_nodes_run, setup / "model")
     state = yaml.safe_load((fsdp_two_nodes_run / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     assert (state["world_size"], state["strategy"]) == (2, "fsdp")
@@ -233,13 +228,18 @@ def test_fsdp_holds_half_of_what_ddp_holds_per_rank(ddp_run, fsdp_two_nodes_run)
 
 
 @pytest.mark.slow
-def test_accelerate_launch_fsdp_config_with_lora_equals_one_process(setup, one_process):
-    """LoRA under FSDP from accelerate's config, with ``rollout_weights: per_layer``: each layer
-    gathered per forward, so the two ranks (whose completions end at different steps) must decode
-    in step; a rank that does not would leave the other waiting in an all-gather (timeout)."""
+def test_accelerate_launch_fsdp_config_with_lora_resumes_a_one_process_run(setup, one_process):
+    """LoRA under FSDP from accelerate's config, resuming the one-process run's step-1 checkpoint
+    (the adapters and their AdamW state resharded from 1 process to 2), with ``rollout_weights:
+    per_layer``: each layer gathered per forward, so the two ranks (whose completions end at
+    different steps) must decode in step; a rank that does not leaves the other waiting in an
+    all-gather (the launch then times out)."""
     run = setup / "accelerate-fsdp-lora"
+    shutil.copytree(one_process["lora"], run)
+    shutil.rmtree(run / "checkpoints" / "step-000002")
+    shutil.rmtree(run / "final")
     launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/fsdp_cpu.yaml"),
-            "-m", "pipelines.cli", "train", str(setup / "lora.yaml"), "--set", f"output_dir={run}",
+            "-m", "pipelines.cli", "train", str(setup / "lora.yaml"), "--set", f"output_dir={run}", "--resume",
             "--set", "distributed.rollout_weights=per_layer"], setup)
     assert_same_run(one_process["lora"], run, setup / "model")
     state = yaml.safe_load((run / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
