@@ -284,8 +284,8 @@ def _rank_of(pid: int) -> str | None:
 def test_kill_one_rank_mid_step_stops_the_run_and_resume_with_another_process_count(setup, one_process, monkeypatch, capsys):
     """kill -9 of rank 1 once step 1's checkpoint is in place (so, in step 2): the launch ends
     with an error instead of hanging, step 1's checkpoint is intact, nothing half-written counts;
-    ``--resume`` in ONE process (the checkpoint was written by two, under DDP, with LoRA) ends
-    where the uninterrupted one-process run ends."""
+    ``--resume`` in the same 2 processes, and in ONE process (the checkpoint was written by two,
+    under DDP, with LoRA), each end where the uninterrupted one-process run ends."""
     import grpo.plots
 
     run = setup / "killed"
@@ -311,6 +311,11 @@ def test_kill_one_rank_mid_step_stops_the_run_and_resume_with_another_process_co
     done = [p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")]
     assert "step-000001" in done and len(read_jsonl(run / "metrics.jsonl")) in (1, 2)
 
+    same = setup / "killed-resumed-in-2"
+    shutil.copytree(run, same)
+    launch(cli("train", str(setup / "lora.yaml"), "--set", f"output_dir={same}", "--set", "distributed.strategy=ddp",
+               "--num-processes", "2", "--resume"), setup)
+    assert_same_run(one_process["lora"], same, setup / "model")
     monkeypatch.syspath_prepend(str(setup))
     monkeypatch.setattr(grpo.plots, "plot_training_curves", lambda *args, **kwargs: None)
     assert main(["train", str(setup / "lora.yaml"), "--set", f"output_dir={run}", "--resume"]) == 0
