@@ -119,12 +119,15 @@ def default_rewards(rows: list[dict]) -> dict[str, Any]:
 
 
 def label_of(name: str) -> str:
-    """A short, file-name-safe label: ``runs/x/final`` → ``x-final``, ``data/math500.jsonl`` → ``math500``."""
-    path = Path(name)
+    """A short, file-name-safe label: ``runs/x/final`` → ``x-final``, a directory or file by its
+    name (``data/math500.jsonl`` → ``math500``), anything else (an alias, a hub id) as written."""
+    path = Path(name).expanduser()
     if path.suffix in (".jsonl", ".json", ".parquet", ".csv", ".tsv", ".gz"):
         name = path.name.split(".")[0]
     elif path.name == "final" and path.parent.name:
         name = f"{path.parent.name}-final"
+    elif path.is_dir():
+        name = path.name
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")
     return label or "model"
 
