@@ -153,11 +153,15 @@ class GRPOTrainer:
         output_dir: str | Path,
         seed: int = 0,
         ref_model=None,
+        on_step=None,
     ):
         if not rewards:
             raise ValueError("rewards: at least one reward function is needed")
         self.config, self.tokenizer, self.rewards, self.rows = config, tokenizer, rewards, rows
         self.seed, self.output_dir = seed, Path(output_dir)
+        # on_step(step, metrics, samples): called on rank 0 after each step's lines are written
+        # (experiment trackers, grpo/tracking.py); the step itself knows nothing of it.
+        self.on_step = on_step
         torch.manual_seed(seed)  # LoRA initialisation draws from the global RNG
         self.model = self._prepare_model(model)
         self.device = next(self.model.parameters()).device
@@ -485,6 +489,8 @@ class GRPOTrainer:
                 for row in sample:
                     append_jsonl(samples_path, row)
                 append_jsonl(metrics_path, metrics)
+                if self.on_step is not None:
+                    self.on_step(step, metrics, sample)
             history.append(metrics)
             self.step_done = step
             if step % cfg.save_every == 0 or step == cfg.steps:

@@ -40,6 +40,7 @@ class StageContext:
     resume: bool  # work_dir holds an interrupted attempt of this same configuration
     seed: int
     progress: bool = True
+    tracker: Any = None  # grpo.tracking.TrackerLogger under this stage's name, when the recipe reports to trackers
 
 
 @dataclass
