@@ -109,7 +109,9 @@ def plan_stages(recipe: Recipe) -> list[PlannedStage]:
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         stage = PlannedStage(i, name, kind, init, config, report_to=report_to)
-        for label, ref, needs in (("init", stage.model_ref, "model"), ("data", stage.data_ref, "data")):
+        refs = [("init", stage.model_ref, "model"), ("data", stage.data_ref, "data")]
+        refs += [(key, ref_name(getattr(config, key)), "model") for key in _model_refs(kind) if is_stage_ref(getattr(config, key, None))]
+        for label, ref, needs in refs:
             if ref is None:
                 continue
             _check_reference(recipe, names, i, label, ref, needs)
@@ -143,7 +145,7 @@ def _check_reference(recipe: Recipe, names: list, i: int, label: str, ref: str, 
 def _cycle_from(recipe: Recipe, names: list, j: int, target: str, seen=()) -> list[str] | None:
     """Follow references from stage j; the path back to ``target`` if there is one."""
     raw = recipe.stages[j]
-    refs = [ref_name(v) for v in (raw.get("init"), raw.get("data")) if is_stage_ref(v)]
+    refs = [ref_name(v) for v in (raw.get("init"), raw.get("data"), *(raw.get(k) for k in _model_refs(raw.get("kind")))) if is_stage_ref(v)]
     for ref in refs:
         if ref == target:
             return [names[j], target]
@@ -152,6 +154,11 @@ def _cycle_from(recipe: Recipe, names: list, j: int, target: str, seen=()) -> li
             if rest:
                 return [names[j], *rest]
     return None
+
+
+def _model_refs(kind) -> tuple[str, ...]:
+    """Config keys of a stage kind that name a model besides ``init`` (e.g. a distill stage's ``teacher``)."""
+    return getattr(STAGE_KINDS.get(kind), "model_refs", ())
 
 
 def _explicit(value):
@@ -252,6 +259,10 @@ class Runner:
             inputs["model"] = self.recipe.model if stage.init == "base" else stage.init
         if stage.data_ref:
             inputs["data"] = self._output_path(stage.data_ref, "data")
+        for key in _model_refs(stage.kind):
+            value = getattr(stage.config, key, None)
+            if value is not None:
+                inputs[key] = self._output_path(ref_name(value), "model") if is_stage_ref(value) else value
         return inputs
 
     def _output_path(self, name: str, what: str) -> str:
@@ -333,7 +344,7 @@ class Runner:
         ctx = StageContext(
             name=stage.name, config=stage.config, recipe=self.recipe, work_dir=work, init_model=inputs["model"],
             data_path=inputs.get("data"), resume=resume, seed=self.recipe.seed, progress=self.progress,
-            tracker=tracker if tracker and tracker.trackers else None,
+            tracker=tracker if tracker and tracker.trackers else None, inputs=inputs,
         )
         try:
             result = stage_cls().run(ctx)
@@ -415,6 +426,10 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
             reward_terms(rewards)
         if stage.init not in ("base",) and not stage.model_ref:
             resolve_model_path(stage.init)
+        for key in _model_refs(stage.kind):
+            if getattr(cfg, key, None) is not None and not is_stage_ref(getattr(cfg, key)):
+                resolve_model_path(getattr(cfg, key))
+                checks.append(f"stages.{stage.name}.{key} {getattr(cfg, key)}: found")
         data = getattr(cfg, "data", None)
         if data is not None and not is_stage_ref(data):
             check_data(data_spec(data, None, None, stage.name), stage.kind == "sft", f"stages.{stage.name}.data")

@@ -103,9 +103,11 @@ def format_summary(summary: dict) -> str:
 
 
 def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
-             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, on_step=None):
+             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, on_step=None,
+             teacher: dict | None = None):
     """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult.
-    ``on_step``: the trainer's per-step hook (experiment trackers)."""
+    ``on_step``: the trainer's per-step hook (experiment trackers). ``teacher``: on-policy
+    distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R}`` (grpo/distill.py)."""
     from grpo.models import load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
@@ -116,7 +118,13 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
     if prepared.report() and is_main_process():
         print(prepared.report())
-    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step)
+    distill = None
+    if teacher is not None:
+        from grpo.distill import Teacher
+
+        teacher_model, teacher_tokenizer = load_model_and_tokenizer(teacher["model"], dtype=dtype, device=device)
+        distill = Teacher(teacher_model, teacher_tokenizer, teacher.get("kl_weight", 1.0), teacher.get("reward_weight", 0.0))
+    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill)
     return trainer.train(resume=resume)
 
 

@@ -41,6 +41,7 @@ class StageContext:
     seed: int
     progress: bool = True
     tracker: Any = None  # grpo.tracking.TrackerLogger under this stage's name, when the recipe reports to trackers
+    inputs: dict[str, str] = field(default_factory=dict)  # resolved inputs: model, data, and a kind's model_refs (teacher)
 
 
 @dataclass
@@ -53,6 +54,8 @@ class Stage:
     kind: ClassVar[str]
     Config: ClassVar[type]
     produces: ClassVar[tuple[str, ...]] = ()
+    # Config keys naming another model (a model name or stages.<name>), resolved by the runner into ctx.inputs.
+    model_refs: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError

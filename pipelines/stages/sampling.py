@@ -137,36 +137,47 @@ class RejectionSamplingStage(Stage):
                 raise ConfigError(f"{path}.keep.{name}: not one of this stage's rewards ({', '.join(sorted(names))})")
 
     def run(self, ctx: StageContext) -> StageResult:
-        from grpo.data import DataError, load_sft_rows
-        from grpo.evaluation import KeepRules, mix_with, select_samples, to_sft_rows
-
-        cfg = ctx.config
-        data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
-        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
-        scored, _ = _scored(ctx, samples, cfg.rewards)
-        rules = KeepRules(
-            min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
-            drop_truncated=cfg.drop_truncated, dedupe=cfg.dedupe, max_per_prompt=cfg.max_per_prompt,
-        )
-        kept, stats = select_samples(scored, rules)
-        rows = to_sft_rows(kept)
-        if cfg.mix is not None:
-            general = load_sft_rows(data_spec(cfg.mix.data, None, None, f"stages.{ctx.name}.mix.data"))
-            rows = mix_with(rows, general, cfg.mix.ratio, seed=ctx.seed)
-            stats["mixed_general_rows"] = len(rows) - len(kept)
-        if not rows:
-            raise DataError(
-                f"stage {ctx.name}: no sample passed the filters ({stats['total']} sampled; rejected: {stats['rejected']}); "
-                "loosen keep: or sample more"
-            )
-        atomic_write_text(ctx.work_dir / "samples.jsonl", _jsonl(scored))
-        atomic_write_json(ctx.work_dir / "stats.json", stats)
-        # pause_point: a test hook, inert unless GRPO_TEST_PAUSE_IN=rejection_sampling_write (tests/test_kill.py)
-        atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(rows), pause_point="rejection_sampling_write")
+        rows, stats, scored = rejection_sample(ctx, ctx.config)
+        write_rejection_sampling(ctx.work_dir, rows, stats, scored)
         return StageResult(
             outputs={"data": "data.jsonl"},
             metrics={"sampled": stats["total"], "kept": stats["kept"], "rows": len(rows), "keep_rate": stats["kept"] / max(1, stats["total"])},
         )
+
+
+def rejection_sample(ctx: StageContext, cfg: RejectionSamplingConfig, model: str | None = None) -> tuple[list[dict], dict, list[dict]]:
+    """Sample ``cfg``'s prompts from ``model`` (default: the stage's init model), score, keep what
+    passes: (SFT rows, filtering statistics, every scored sample). Also the distill stage's teacher sampling."""
+    from grpo.data import DataError, load_sft_rows
+    from grpo.evaluation import KeepRules, mix_with, select_samples, to_sft_rows
+
+    data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
+    samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts, model)
+    scored, _ = _scored(ctx, samples, cfg.rewards)
+    rules = KeepRules(
+        min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
+        drop_truncated=cfg.drop_truncated, dedupe=cfg.dedupe, max_per_prompt=cfg.max_per_prompt,
+    )
+    kept, stats = select_samples(scored, rules)
+    rows = to_sft_rows(kept)
+    if cfg.mix is not None:
+        general = load_sft_rows(data_spec(cfg.mix.data, None, None, f"stages.{ctx.name}.mix.data"))
+        rows = mix_with(rows, general, cfg.mix.ratio, seed=ctx.seed)
+        stats["mixed_general_rows"] = len(rows) - len(kept)
+    if not rows:
+        raise DataError(
+            f"stage {ctx.name}: no sample passed the filters ({stats['total']} sampled; rejected: {stats['rejected']}); "
+            "loosen keep: or sample more"
+        )
+    return rows, stats, scored
+
+
+def write_rejection_sampling(work_dir, rows: list[dict], stats: dict, scored: list[dict]) -> None:
+    """samples.jsonl, stats.json, then data.jsonl (last: a stage whose data.jsonl exists is complete)."""
+    atomic_write_text(work_dir / "samples.jsonl", _jsonl(scored))
+    atomic_write_json(work_dir / "stats.json", stats)
+    # pause_point: a test hook, inert unless GRPO_TEST_PAUSE_IN=rejection_sampling_write (tests/test_kill.py)
+    atomic_write_text(work_dir / "data.jsonl", _jsonl(rows), pause_point="rejection_sampling_write")
 
 
 @dataclass
