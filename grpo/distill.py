@@ -5,10 +5,14 @@ i, token t (sampled by the student π_θ from its own prefix y_<t), with the log
 the sampling temperature and the student's those of the policy that sampled (π_old):
 
     r_it = log π_old(y_it | y_<t) − log π_T(y_it | y_<t)        one-sample reverse KL(student ‖ teacher)
-    A_it = −λ_KL · r_it + λ_R · A_i                              masked: 0 on padding
+    r̄    = Σ_it m_it·r_it / Σ_it m_it                           its mean over the batch's tokens (baseline)
+    A_it = −λ_KL · (r_it − r̄) + λ_R · A_i                       masked: 0 on padding
 
 where A_i is the group-relative advantage of the rule rewards (grpo/advantages.py) and λ_R = 0
-is pure distillation. A token the teacher finds likelier than the student gets pushed up,
+is pure distillation. The baseline r̄ is a constant, and E_y[∇log π_θ(y | ·)] = 0 at every
+position, so it leaves the expected gradient as it is and only removes variance: without it a
+student far from its teacher gets a negative advantage on nearly every token it samples, and the
+noise of pushing down whatever it sampled drowns the signal (``baseline=False`` turns it off). A token the teacher finds likelier than the student gets pushed up,
 one it finds unlikelier pushed down: with μ = 1 the gradient of the clipped surrogate is
 −Σ_t A_it ∇log π_θ(y_it), and E[r_it] over the student's sampling is the per-token reverse KL,
 so the step descends KL(π_θ ‖ π_T) on the student's own states (each token's own term only,
@@ -41,6 +45,7 @@ class Teacher:
     tokenizer: Any = None  # checked against the student's when given
     kl_weight: float = 1.0  # λ_KL
     reward_weight: float = 0.0  # λ_R: 0 = pure distillation; > 0 mixes in the rule rewards' advantage
+    baseline: bool = True  # subtract the batch's mean r̄ from r (variance reduction; see above)
 
     def __post_init__(self):
         if self.kl_weight < 0 or self.reward_weight < 0:
@@ -62,14 +67,20 @@ def reverse_kl_advantages(
     rule_advantages: torch.Tensor | None = None,
     kl_weight: float = 1.0,
     reward_weight: float = 0.0,
+    baseline: bool = True,
 ) -> torch.Tensor:
-    """Per-token advantages A_it = −λ_KL · (log π_s(y_it) − log π_T(y_it)) + λ_R · A_i, 0 where
-    ``mask`` is 0. Shapes: logps and mask [n, T], ``rule_advantages`` [n]. No gradient flows
-    (the log-probabilities are detached): these are fixed weights of the policy gradient."""
-    advantages = -kl_weight * reverse_kl(student_logp.detach(), teacher_logp.detach())
+    """Per-token advantages A_it = −λ_KL · (r_it − r̄) + λ_R · A_i with r_it = log π_s(y_it) −
+    log π_T(y_it) and r̄ its masked mean (0 with ``baseline=False``); 0 where ``mask`` is 0.
+    Shapes: logps and mask [n, T], ``rule_advantages`` [n]. No gradient flows (the
+    log-probabilities are detached): these are fixed weights of the policy gradient."""
+    mask = mask.to(student_logp.dtype)
+    r = reverse_kl(student_logp.detach(), teacher_logp.detach())
+    if baseline:
+        r = r - (r * mask).sum() / mask.sum().clamp(min=1)
+    advantages = -kl_weight * r
     if reward_weight and rule_advantages is not None:
         advantages = advantages + reward_weight * rule_advantages.detach().to(advantages.dtype).unsqueeze(1)
-    return advantages * mask.to(advantages.dtype)
+    return advantages * mask
 
 
 class VocabularyMismatch(ConfigError):

@@ -302,10 +302,11 @@ class GRPOTrainer:
                     self.model, rollout, c, cfg.temperature, with_entropy=not entropies, group_size=shared
                 )
                 chunk_advantages = advantages[c]
-                if teacher_logp is not None:  # per-token: −λ_KL·(log π_old − log π_T) + λ_R·A_i
+                if teacher_logp is not None:  # per-token: −λ_KL·(log π_old − log π_T − r̄) + λ_R·A_i
                     sampler_logp = logp if old_logp is None else old_logp[c]
                     chunk_advantages = reverse_kl_advantages(
-                        sampler_logp, teacher_logp[c], loss_mask[c], advantages[c], self.teacher.kl_weight, self.teacher.reward_weight
+                        sampler_logp, teacher_logp[c], loss_mask[c], advantages[c],
+                        self.teacher.kl_weight, self.teacher.reward_weight, self.teacher.baseline,
                     )
                     m = rollout.completion_mask[c].float()
                     distill_kl.append((((reverse_kl(sampler_logp.detach(), teacher_logp[c]) * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))

@@ -107,7 +107,7 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
              teacher: dict | None = None):
     """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult.
     ``on_step``: the trainer's per-step hook (experiment trackers). ``teacher``: on-policy
-    distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R}`` (grpo/distill.py)."""
+    distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R, "baseline": bool}`` (grpo/distill.py)."""
     from grpo.models import load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
@@ -123,7 +123,8 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
         from grpo.distill import Teacher
 
         teacher_model, teacher_tokenizer = load_model_and_tokenizer(teacher["model"], dtype=dtype, device=device)
-        distill = Teacher(teacher_model, teacher_tokenizer, teacher.get("kl_weight", 1.0), teacher.get("reward_weight", 0.0))
+        distill = Teacher(teacher_model, teacher_tokenizer, teacher.get("kl_weight", 1.0), teacher.get("reward_weight", 0.0),
+                          teacher.get("baseline", True))
     trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill)
     return trainer.train(resume=resume)
 

@@ -8,8 +8,8 @@ stage writes (``data.jsonl``, ``stats.json``, ``samples.jsonl``) and what an sft
 
 ``mode: on_policy``: the GRPO trainer with the teacher beside (β > 0) or instead of (β = 0) the
 reference: the student samples, the teacher scores every sampled token, and the per-token
-advantage is −kl_weight · (log π_student − log π_teacher) + reward_weight · A (the rule rewards'
-group advantage); see grpo/distill.py. The teacher must share the student's vocabulary.
+advantage is −kl_weight · (log π_student − log π_teacher − its batch mean) + reward_weight · A (the
+rule rewards' group advantage); see grpo/distill.py. The teacher must share the student's vocabulary.
 
     - {name: distill, kind: distill, init: student-model, teacher: stages.reasoning_rl, mode: on_policy,
        kl_weight: 1.0, reward_weight: 0.0, grpo: {steps: 30}}
@@ -28,7 +28,7 @@ from pipelines.stages.base import Stage, StageContext, StageResult, register_sta
 from pipelines.stages.common import SamplingSettings, data_spec, template_of
 
 OFF_POLICY_KEYS = ("samples_per_prompt", "max_prompts", "keep", "max_per_prompt", "drop_truncated", "sampling", "sft")
-ON_POLICY_KEYS = ("grpo", "kl_weight", "reward_weight")
+ON_POLICY_KEYS = ("grpo", "kl_weight", "reward_weight", "kl_baseline")
 
 
 @dataclass
@@ -50,6 +50,7 @@ class DistillConfig:
     grpo: dict[str, Any] = field(default_factory=dict)  # overrides of the recipe's grpo section
     kl_weight: float = 1.0  # λ_KL of the per-token reverse-KL advantage
     reward_weight: float = 0.0  # λ_R of the rule rewards' advantage (0: pure distillation)
+    kl_baseline: bool = True  # subtract the batch's mean reverse KL (variance reduction, grpo/distill.py)
 
 
 @register_stage("distill")
@@ -123,7 +124,7 @@ class DistillStage(Stage):
             template=template_of(cfg.template, recipe.template), rewards=cfg.rewards or recipe.rewards, config=grpo_cfg,
             out_dir=ctx.work_dir, seed=ctx.seed, dtype=recipe.dtype, device=recipe.device, resume=ctx.resume,
             on_step=ctx.tracker.on_step if ctx.tracker else None,
-            teacher={"model": ctx.inputs["teacher"], "kl_weight": cfg.kl_weight, "reward_weight": cfg.reward_weight},
+            teacher={"model": ctx.inputs["teacher"], "kl_weight": cfg.kl_weight, "reward_weight": cfg.reward_weight, "baseline": cfg.kl_baseline},
         )
         summary = summarize(result.metrics)
         metrics = {"steps": result.steps_done}
