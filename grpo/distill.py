@@ -11,8 +11,10 @@ the sampling temperature and the student's those of the policy that sampled (π_
 where A_i is the group-relative advantage of the rule rewards (grpo/advantages.py) and λ_R = 0
 is pure distillation. The baseline r̄ is a constant, and E_y[∇log π_θ(y | ·)] = 0 at every
 position, so it leaves the expected gradient as it is and only removes variance: without it a
-student far from its teacher gets a negative advantage on nearly every token it samples, and the
-noise of pushing down whatever it sampled drowns the signal (``baseline=False`` turns it off). A token the teacher finds likelier than the student gets pushed up,
+student far from its teacher gets a negative advantage on nearly every token it samples, and
+pushing down whatever it sampled is mostly noise (on the tests' tiny student and "end early"
+teacher at learning rate 3e-2, the reverse KL of the last 5 of 30 steps averaged 0.38 with the
+baseline and 1.25 without; at 1e-2 both converge). ``baseline=False`` turns it off. A token the teacher finds likelier than the student gets pushed up,
 one it finds unlikelier pushed down: with μ = 1 the gradient of the clipped surrogate is
 −Σ_t A_it ∇log π_θ(y_it), and E[r_it] over the student's sampling is the per-token reverse KL,
 so the step descends KL(π_θ ‖ π_T) on the student's own states (each token's own term only,
