@@ -373,6 +373,7 @@ def evaluation_summary(
     terms: list[RewardTerm] | list[str],
     accuracy: str = "accuracy",
     language_threshold: float = LANGUAGE_CONSISTENCY_THRESHOLD,
+    majority: bool = True,
 ) -> dict:
     """The figures of an evaluation, as one flat dict (JSON-ready; absent figures are left out).
 
@@ -389,7 +390,8 @@ def evaluation_summary(
       for every term (named as in the trainer's metrics).
 
     ``terms`` are the RewardTerms the samples were scored with (or just their names);
-    ``accuracy`` names the correctness reward (e.g. ``code`` for unit-test rewards).
+    ``accuracy`` names the correctness reward (e.g. ``code`` for unit-test rewards);
+    ``majority=False`` leaves maj@k out (answers that are programs have no vote).
     """
     names = [t if isinstance(t, str) else t.name for t in terms]
     groups = _by_prompt(samples)
@@ -406,7 +408,8 @@ def evaluation_summary(
         k = summary["samples_per_prompt"]
         if isinstance(k, int) and k > 1:
             summary["pass@k"] = pass_at_k(samples, k, accuracy)
-        summary["maj@k"] = maj_at_k(samples, accuracy)
+        if majority:
+            summary["maj@k"] = maj_at_k(samples, accuracy)
     if "format" in names:
         summary["format_rate"] = rate(samples, "format", 1.0)
     if "language_consistency" in names:

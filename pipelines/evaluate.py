@@ -186,7 +186,9 @@ def evaluate_models(models: list[str], data: list[DataSpec], settings: EvalSetti
             scored = score_samples(samples, terms[label])
             where = out_dir / label / model_label
             where.mkdir(parents=True, exist_ok=True)
-            summary = write_evaluation(where, scored, terms[label], f"{model_label} on {label}", model, accuracy=terms[label][0].name)
+            has_tests = bool(tables[label]) and "tests" in tables[label][0]  # answers are programs: no majority vote
+            summary = write_evaluation(where, scored, terms[label], f"{model_label} on {label}", model,
+                                       accuracy=terms[label][0].name, majority=not has_tests)
             summary["wall_time_s"] = time.perf_counter() - started
             atomic_write_json(where / "eval.json", summary)
             results[label][model_label] = summary

@@ -62,11 +62,11 @@ def _scored(ctx, samples, rewards):
     return score_samples(samples, terms), terms
 
 
-def write_evaluation(out_dir, scored: list[dict], terms, title: str, model: str, accuracy: str = "accuracy") -> dict:
+def write_evaluation(out_dir, scored: list[dict], terms, title: str, model: str, accuracy: str = "accuracy", majority: bool = True) -> dict:
     """The figures of scored samples into ``out_dir``: eval.json, eval.md, samples.jsonl; returns the summary."""
     from grpo.evaluation import evaluation_summary, summary_markdown
 
-    summary = evaluation_summary(scored, terms, accuracy=accuracy)
+    summary = evaluation_summary(scored, terms, accuracy=accuracy, majority=majority)
     summary["model"] = model
     atomic_write_text(out_dir / "samples.jsonl", _jsonl(scored))
     atomic_write_json(out_dir / "eval.json", summary)
