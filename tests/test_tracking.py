@@ -148,8 +148,8 @@ def test_staged_run_logs_each_stage_under_its_name_in_one_tracker_run(tiny_model
          "data": {"source": "synthetic:arithmetic", "size": 8, "options": {**ARITH, "worked": True}},
          "sft": {"max_steps": 2, "batch_size": 4, "learning_rate": 1e-3, "max_length": 128, "progress": False}},
         {"name": "reasoning_rl", "kind": "grpo", "init": "stages.cold_start"},
-        {"name": "quiet_rl", "kind": "grpo", "init": "stages.reasoning_rl", "report_to": []},
         {"name": "eval", "kind": "eval", "init": "stages.reasoning_rl", "samples_per_prompt": 2, "sampling": {"max_new_tokens": 6}},
+        {"name": "quiet_eval", "kind": "eval", "init": "stages.reasoning_rl", "samples_per_prompt": 1, "report_to": []},
     ]
     assert main(["run", str(write(tmp_path / "s.yaml", data))]) == 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -164,7 +164,7 @@ def test_staged_run_logs_each_stage_under_its_name_in_one_tracker_run(tiny_model
     sft = read_jsonl(out / "cold_start" / "metrics.jsonl")
     assert [e.step for e in events.Scalars("cold_start/loss")] == [m["step"] for m in sft] == [1, 2]
     assert [e.value for e in events.Scalars("cold_start/loss")] == pytest.approx([m["loss"] for m in sft])
-    assert not any(t.startswith("quiet_rl/") for t in tags)  # report_to: [] silences a stage
+    assert not any(t.startswith("quiet_eval/") for t in tags)  # report_to: [] silences a stage
     summary = json.loads((out / "eval" / "eval.json").read_text())
     assert events.Scalars("eval/summary/pass@1")[0].value == pytest.approx(summary["pass@1"])
     # wandb got only the stage that asked for it, on that stage's own step axis
