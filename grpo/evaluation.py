@@ -36,7 +36,7 @@ from typing import Any, Iterable
 
 from grpo.rollout import SamplingParams, get_rollout_engine
 from grpo.scoring import RewardTerm, score_completions
-from rewards.answers import extract_completion_answer, normalize_answer
+from rewards.answers import extract_completion_answer, last_number, normalize_answer
 
 __all__ = [
     "sample_completions",
@@ -181,8 +181,9 @@ def score_samples(samples: list[dict], terms: list[RewardTerm]) -> list[dict]:
     other key the records carry except the bookkeeping ones (``row``, ``sample``, ``length``,
     ``truncated`` and earlier scores), as the trainer passes dataset columns; ``completion_ids``
     is passed when every record has it. ``answer`` is
-    :func:`rewards.answers.extract_completion_answer` of the completion (None when it gave none).
-    An empty list gives an empty list.
+    :func:`rewards.answers.extract_completion_answer` of the completion (None when it gave none),
+    or its last number when a term scores with ``fallback: last_number`` (so the majority vote
+    counts the answers that lenient accuracy grades). An empty list gives an empty list.
     """
     if not samples:
         return []
@@ -196,10 +197,14 @@ def score_samples(samples: list[dict], terms: list[RewardTerm]) -> list[dict]:
     if all("completion_ids" in s for s in samples):
         columns["completion_ids"] = [s["completion_ids"] for s in samples]
     scores = score_completions(terms, [s["prompt"] for s in samples], [s["completion"] for s in samples], columns)
+    lenient = any(t.params.get("fallback") == "last_number" for t in terms)
     out = []
     for i, s in enumerate(samples):
         rewards = {t.name: (None if math.isnan(scores.per_reward[t.name][i]) else scores.per_reward[t.name][i]) for t in terms}
-        out.append({**s, "rewards": rewards, "reward": scores.total[i], "answer": extract_completion_answer(s["completion"])})
+        answer = extract_completion_answer(s["completion"])
+        if answer is None and lenient:
+            answer = last_number(s["completion"])
+        out.append({**s, "rewards": rewards, "reward": scores.total[i], "answer": answer})
     return out
 
 

@@ -290,6 +290,11 @@ def test_score_samples_passes_columns_and_combines_weights():
     assert not {"row", "sample", "length", "truncated", "prompt", "completion"} & set(seen)
     assert "rewards" not in samples[0]  # inputs are not modified
     assert score_samples(scored, terms) == scored  # re-scoring scored records gives the same
+    # lenient accuracy (fallback: last_number): the vote counts the answers it grades
+    prose = [{**samples[0], "completion": "so 2 + 3 = 5 apples", "sample": j} for j in range(2)]
+    lenient = score_samples(prose, [RewardTerm("accuracy", accuracy_reward, 1.0, params={"fallback": "last_number"})])
+    assert [s["answer"] for s in lenient] == ["5", "5"] and maj_at_k(lenient) == 1.0 == pass_at_1(lenient)
+    assert [s["answer"] for s in score_samples(prose, terms)] == [None, None]
 
 
 # --- sampling on the tiny model -------------------------------------------------------------
