@@ -69,16 +69,22 @@ class EvalSettings:
         return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
 
 
+def _yaml_mapping(text: str, flag: str) -> dict:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag} {text}: not a valid YAML mapping ({str(exc).splitlines()[0]})") from None
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{flag} {text}: expected a non-empty mapping")
+    return value
+
+
 def parse_data_spec(text: str) -> DataSpec:
     """``gsm8k``, ``path/to/file.jsonl``, ``synthetic:arithmetic``, a hub id, or a YAML mapping
     of DataSpec fields (``{source: gsm8k, size: 250}``)."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            mapping = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--data {text}: not a valid YAML mapping ({str(exc).splitlines()[0]})") from None
-        return from_dict(DataSpec, mapping, "--data")
+        return from_dict(DataSpec, _yaml_mapping(text, "--data"), "--data")
     if not text:
         raise ConfigError("--data: expected a data source (e.g. gsm8k, mgsm_zh, a .jsonl file), got an empty value")
     return DataSpec(source=text)
@@ -90,13 +96,7 @@ def parse_rewards(text: str | None) -> dict[str, Any] | None:
         return None
     text = text.strip()
     if text.startswith("{"):
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--rewards {text}: not a valid YAML mapping ({str(exc).splitlines()[0]})") from None
-        if not isinstance(value, dict) or not value:
-            raise ConfigError(f"--rewards {text}: expected a mapping of reward name to weight")
-        return value
+        return _yaml_mapping(text, "--rewards")
     rewards: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, weight = part.partition("=")
