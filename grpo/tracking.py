@@ -23,6 +23,7 @@ one-line error that names the extra, raised before anything is trained.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import math
 import re
