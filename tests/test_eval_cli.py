@@ -78,3 +78,24 @@ def test_eval_argument_parsing():
     assert label_of("runs/r1/final_rl/final") == "final_rl-final" and label_of("data/math500.jsonl") == "math500"
     assert label_of("HuggingFaceTB/SmolLM2-135M") == "HuggingFaceTB-SmolLM2-135M"
     assert list(default_rewards([{"prompt": "q", "solution": "1"}])) == ["accuracy", "format", "language_consistency"]
+
+
+def test_grpo_eval_on_unit_test_data_uses_the_code_reward(two_models, tmp_path, monkeypatch):
+    """Rows with a `tests` column (HumanEval-style) are scored by the `code` reward by default,
+    pass@k counts it, and there is no majority vote over programs."""
+    from rewards import registry
+
+    def code(prompts, completions, **columns):  # a stand-in for the sandboxed code reward
+        return [1.0 if t == "assert True" else 0.0 for t in columns["tests"]]
+
+    monkeypatch.setitem(registry._REGISTRY, "code", code)
+    rows = [{"prompt": "Write f.", "tests": "assert True", "entry_point": "f", "solution": "def f(): pass"},
+            {"prompt": "Write g.", "tests": "assert False", "entry_point": "g", "solution": "def g(): pass"}]
+    (tmp_path / "code.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    spec = "{source: " + str(tmp_path / "code.jsonl") + ", extract_gold: false}"
+    assert main(["eval", two_models[0], "--data", spec, "--samples", "2", "--max-new-tokens", "4", "--out", str(out)]) == 0
+    summary = json.loads((out / "code" / "a" / "eval.json").read_text())
+    assert summary["pass@1"] == 0.5 and summary["pass@k"] == 0.5 and "maj@k" not in summary
+    assert list(read_jsonl(out / "code" / "a" / "samples.jsonl")[0]["rewards"]) == ["code"]
+    assert "(correctness: code)" in (out / "eval.md").read_text()
