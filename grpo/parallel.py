@@ -133,6 +133,9 @@ class PolicyEngine:
     def sync_gradients(self, flag: bool) -> None:
         """Whether the next backward communicates gradients (DDP: only the last micro-batch's)."""
 
+    def shard_frozen(self, model) -> None:
+        """Lay out another frozen model (a distillation teacher) as the reference is: sharded under FSDP."""
+
     @contextmanager
     def generation(self, engine):
         yield
@@ -241,8 +244,13 @@ class FSDPEngine(PolicyEngine):
         for unit in self.units:
             unit.set_gradient_divide_factor(1.0)  # a sum: each rank's loss is its share of the batch loss
             unit.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
-        if ref_model is not None:  # frozen: gathered per layer for its forward, freed after
-            shard_model(ref_model, reshard_after_forward=True, root_reshard_after_forward=True, **common)
+        self._frozen_kwargs = common
+        if ref_model is not None:
+            self.shard_frozen(ref_model)
+
+    def shard_frozen(self, model) -> None:
+        # frozen: every unit gathered for its forward and freed after (no backward to keep it for)
+        shard_model(model, reshard_after_forward=True, root_reshard_after_forward=True, **self._frozen_kwargs)
 
     def _any_rank_decoding(self, mine: bool) -> bool:
         flag = torch.tensor([1.0 if mine else 0.0], device=self.dist_device)
