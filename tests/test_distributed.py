@@ -12,10 +12,11 @@ where a wrong normalisation would show.
 
     run                                  strategy  weights  from                   checks
     grpo train --num-processes 2         ddp       full     scratch                = 1 process; memory
-    2 × grpo train --nnodes 2            fsdp      full     scratch                = 1 process; memory ≈ ddp/2
+    2 × grpo train --nnodes 2            fsdp      full     scratch                = 1 process; memory ≈ ddp/2;
+                                                                                   rollouts gathered per layer
+                                                                                   (the ranks decode in step)
     accelerate launch fsdp_cpu.yaml      fsdp      LoRA     1-process checkpoint   = 1 process: resume with
-                                                            (step 1), --resume     N 1 → 2; rollouts gathered
-                                                                                   per layer (ranks in step)
+                                                            (step 1), --resume     N 1 → 2
     grpo train --num-processes 2, kill   ddp       LoRA     scratch                stops; --resume in 1
     -9 one rank in step 2                                                          process = 1 process
 """
@@ -176,12 +177,15 @@ def ddp_run(setup):
 
 @pytest.fixture(scope="module")
 def fsdp_two_nodes_run(setup):
-    """Two "machines" of one process each (rendezvous on 127.0.0.1), FSDP, two steps from scratch."""
+    """Two "machines" of one process each (rendezvous on 127.0.0.1), FSDP, two steps from scratch,
+    with ``rollout_weights: per_layer``: each layer gathered per forward, so the two ranks, whose
+    completions end at different steps (step 2 has no truncated one), must decode in step; a rank
+    that does not leaves the other's all-gathers unmatched (gloo aborts, or the launch times out)."""
     run = setup / "fsdp-two-nodes"
     port = str(free_port())
     nodes = [
         subprocess.Popen(cli("train", str(setup / "full.yaml"), "--set", f"output_dir={run}", "--set", "distributed.strategy=fsdp",
-                             "--nnodes", "2", "--node-rank", str(rank), "--num-processes", "1",
+                             "--set", "distributed.rollout_weights=per_layer", "--nnodes", "2", "--node-rank", str(rank), "--num-processes", "1",
                              "--master-addr", "127.0.0.1", "--master-port", port),
                          cwd=ROOT, env=env(setup), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
         for rank in (0, 1)
@@ -230,17 +234,14 @@ def test_fsdp_holds_half_of_what_ddp_holds_per_rank(ddp_run, fsdp_two_nodes_run)
 @pytest.mark.slow
 def test_accelerate_launch_fsdp_config_with_lora_resumes_a_one_process_run(setup, one_process):
     """LoRA under FSDP from accelerate's config, resuming the one-process run's step-1 checkpoint
-    (the adapters and their AdamW state resharded from 1 process to 2), with ``rollout_weights:
-    per_layer``: each layer gathered per forward, so the two ranks (whose completions end at
-    different steps) must decode in step; a rank that does not leaves the other waiting in an
-    all-gather (the launch then times out)."""
+    (the adapters and their AdamW state resharded from 1 process to 2); rollouts with every layer
+    gathered once (the default)."""
     run = setup / "accelerate-fsdp-lora"
     shutil.copytree(one_process["lora"], run)
     shutil.rmtree(run / "checkpoints" / "step-000002")
     shutil.rmtree(run / "final")
     launch([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/fsdp_cpu.yaml"),
-            "-m", "pipelines.cli", "train", str(setup / "lora.yaml"), "--set", f"output_dir={run}", "--resume",
-            "--set", "distributed.rollout_weights=per_layer"], setup)
+            "-m", "pipelines.cli", "train", str(setup / "lora.yaml"), "--set", f"output_dir={run}", "--resume"], setup)
     assert_same_run(one_process["lora"], run, setup / "model")
     state = yaml.safe_load((run / "checkpoints" / "step-000002" / "trainer_state.json").read_text())
     assert state["strategy"] == "fsdp"  # from the accelerate config: the recipe says auto
@@ -525,3 +526,38 @@ def test_fsdp_policy_is_streamed_to_vllm_under_the_plain_names_lora_merged(tmp_p
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split() == ["ok", "False", "21", "ok", "True", "21"]
+
+
+def test_a_rank_that_is_done_decodes_on_in_step_with_the_others(setup):
+    """The shared-prefix engine under ``step_sync`` (FSDP ``per_layer`` rollouts): after its own
+    completions are done it keeps running forwards (one dummy row) for as long as another rank
+    decodes, one per step, and its completions are exactly those it samples alone."""
+    from grpo.models import load_model_and_tokenizer
+    from grpo.rollout import SamplingParams, SharedPrefixEngine
+
+    model, tok = load_model_and_tokenizer(str(setup / "model"))
+    engine = SharedPrefixEngine(model, tok)
+    params = SamplingParams(group_size=4, max_new_tokens=40, temperature=1.0)
+    from grpo.templates import TemplateSpec, render_prompts
+
+    prompts = render_prompts([{"prompt": "1+2="}, {"prompt": "3+4="}], TemplateSpec(kind="chat", system="Be brief."), tok)
+    seeds = [4, 104]  # (completions of 2 to 24 tokens)
+    alone = engine.generate(prompts, params, seeds=seeds)
+    steps = alone.completion_ids.shape[1]
+    assert steps + 5 < params.max_new_tokens  # this rank finishes early
+    forwards, calls = [], []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))
+
+    def other_rank_decodes_5_steps_longer(mine: bool) -> bool:
+        calls.append(mine)
+        return mine or len(calls) < steps + 5
+
+    engine.step_sync = other_rank_decodes_5_steps_longer
+    try:
+        in_step = engine.generate(prompts, params, seeds=seeds)
+    finally:
+        hook.remove()
+    assert len(calls) == steps + 5 and len(forwards) == steps + 5  # the prefill, then one forward per further step
+    assert calls[:steps - 1] == [True] * (steps - 1) and not any(calls[steps:])
+    assert in_step.texts == alone.texts
+    assert torch.equal(in_step.completion_ids, alone.completion_ids) and torch.equal(in_step.completion_mask, alone.completion_mask)
