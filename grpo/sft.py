@@ -445,9 +445,8 @@ def train_sft(
     the processes have GPUs (accelerate does not shard on the CPU); ``batch_size`` stays per
     process. Rank 0 writes the files; under FSDP the final model is gathered once onto it.
     """
-    from trl import SFTTrainer
-
     import torch
+    from trl import SFTTrainer
 
     from grpo.launch import DistributedSettings, is_main_process, launched_world_size
     from grpo.models import load_model_and_tokenizer
