@@ -179,7 +179,7 @@ POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 
 
 def register_policy_loss(name: str):
-    """Register ``fn(logp[n, T], old_logp[n, T], advantages[n, 1], mask[n, T], settings) -> PolicyTerm``.
+    """Register ``fn(logp[n, T], old_logp[n, T], advantages[n, 1] or [n, T], mask[n, T], settings) -> PolicyTerm``.
 
     ``old_logp`` is always a tensor (π_θ detached when μ = 1). The function gives the policy
     term only: :func:`policy_loss` adds β·KL and the entropy bonus and aggregates, the same for
@@ -302,7 +302,8 @@ def policy_loss(
 ) -> tuple[torch.Tensor, LossStats]:
     """GRPO loss of one micro-batch: L = aggregate(P + β·KL − c_H·H); see the module docstring.
 
-    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``entropy``, ``mask``: [n, T]; ``advantages``: [n].
+    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``entropy``, ``mask``: [n, T]; ``advantages``: [n],
+    or [n, T] for per-token advantages (on-policy distillation, grpo/distill.py).
     ``old_logp=None`` means π_old = π_θ (μ = 1): ρ is exp(logp − logp.detach()) = 1 with the
     policy gradient intact. ``policy`` names the registered policy loss P. ``entropy`` (with its
     graph) is needed when ``entropy_coef`` ≠ 0: the bonus is a per-token term like the KL, so it
@@ -322,7 +323,7 @@ def policy_loss(
         raise ValueError(f"unknown policy loss {policy!r}; registered: {', '.join(POLICY_LOSSES)}") from None
 
     old = logp.detach() if old_logp is None else old_logp
-    adv = advantages.unsqueeze(1)
+    adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)  # [n, T]: per-token (distillation)
     settings = PolicyLossSettings(epsilon_low, epsilon_high, sapo_temperature_pos, sapo_temperature_neg)
     term = policy_fn(logp, old, adv, mask, settings)
     per_token = term.loss
