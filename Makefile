@@ -26,6 +26,7 @@ install: $(PY)
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e ".[dev]"
 	$(PY) -m grpo.models fetch smollm2-135m-instruct
+	@command -v bwrap >/dev/null || echo "error: the code reward's sandbox needs bubblewrap, which is not installed: apt-get install bubblewrap (Fedora: dnf install bubblewrap); everything else works without it" >&2
 
 demo:
 	$(VENV)/bin/grpo train recipes/demo.yaml --set output_dir=$(RUN)

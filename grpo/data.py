@@ -98,6 +98,9 @@ class DataSpec:
     size: int | None = None
     # Shuffle the rows (with `seed`) before taking `size` of them.
     shuffle: bool = False
+    # Leave out the first N usable rows (after the shuffle) before taking `size`: a held-out split
+    # is train {size: 132} and eval {skip: 132} with the same shuffle and seed.
+    skip: int = 0
     # Seed for the shuffle and for synthetic generation.
     seed: int = 0
     # Column renames, dataset column -> our column, e.g. {"question": "prompt", "answer": "solution"}.
@@ -121,6 +124,8 @@ class DataSpec:
             raise ValueError("source: expected a dataset id, a file path or synthetic:<task>, got an empty value")
         if self.size is not None and self.size < 1:
             raise ValueError(f"size: must be ≥ 1 (or null for all rows), got {self.size}")
+        if self.skip < 0:
+            raise ValueError(f"skip: must be ≥ 0, got {self.skip}")
         if self.options and not self.is_synthetic:
             raise ValueError(f"options: only used with synthetic:<task> sources, not {self.source!r}")
 
@@ -529,7 +534,7 @@ def _normalise(rows, names: list[str], spec: DataSpec, extract: bool):
     plan = _column_plan(names, spec)
     if extract:
         from rewards.answers import extract_gold_answer
-    kept = seen = 0
+    kept = seen = skipped = 0
     bad: list[tuple[int, Any]] = []
     solution_column = next((k for k, v in plan.items() if v == "solution"), "solution")
     out = []
@@ -553,12 +558,17 @@ def _normalise(rows, names: list[str], spec: DataSpec, extract: bool):
             bad.append((index, row["solution"]))
             continue
         row["solution"] = gold
+        if skipped < spec.skip:
+            skipped += 1
+            continue
         if spec.language is not None and not row.get("language"):
             row["language"] = spec.language
         out.append(row)
         kept += 1
     if seen == 0:
         raise DataError(f"data source {spec.source!r} (split {spec.split!r}) has no rows")
+    if not out and skipped and skipped == spec.skip:
+        raise DataError(f"data source {spec.source!r}: skip: {spec.skip} leaves no rows (it has {skipped} usable rows)")
     if bad:
         first_index, first_value = bad[0]
         example = repr(first_value)

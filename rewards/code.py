@@ -149,6 +149,7 @@ class ProgramScore:
     cases: int
     status: str  # passed, failed, no_code, timeout, crashed, output_limit, sandbox_error, skipped
     wall_s: float = 0.0
+    run: RunResult | None = None  # the sandbox's account (stdout, stderr, per-case results)
 
 
 def score_programs(
@@ -198,7 +199,7 @@ def score_programs(
 
 def _score(run: RunResult, passed: list[bool], binary: bool) -> ProgramScore:
     if run.status == "sandbox_error":
-        return ProgramScore(None, 0, len(passed), "sandbox_error", run.wall_s)
+        return ProgramScore(None, 0, len(passed), "sandbox_error", run.wall_s, run)
     n_passed = sum(passed)
     if run.status in ("timeout", "output_limit", "crashed"):
         status = run.status
@@ -212,7 +213,7 @@ def _score(run: RunResult, passed: list[bool], binary: bool) -> ProgramScore:
         status = "passed" if n_passed == len(passed) else "failed"
     fraction = n_passed / len(passed) if passed else 0.0
     reward = (1.0 if n_passed == len(passed) else 0.0) if binary else fraction
-    return ProgramScore(reward, n_passed, len(passed), status, run.wall_s)
+    return ProgramScore(reward, n_passed, len(passed), status, run.wall_s, run)
 
 
 # --------------------------------------------------------------------------------------------

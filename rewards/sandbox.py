@@ -146,7 +146,10 @@ class Sandbox:
             if self._checked:
                 return
             if self.isolation == "namespaces" and shutil.which("bwrap") is None:
-                raise SandboxUnavailable(f"the code sandbox needs bubblewrap (bwrap), which is not installed: {INSTALL_HINT}")
+                raise SandboxUnavailable(
+                    f"the code sandbox needs bubblewrap (bwrap), which is not installed: {INSTALL_HINT}; "
+                    "or set isolation: rlimits to run programs with resource limits only (no isolation)"
+                )
             result = self._run({"kind": "script", "program": "pass", "tests": ["assert True"]}, self.limits, 60.0)
             if result.status != "completed" or not (result.cases and result.cases[0].passed):
                 reason = " ".join((result.stderr or result.status).split())[:300]
@@ -189,59 +192,62 @@ class Sandbox:
             bound = limits.wall_time_s + 5.0  # + interpreter start-up
         deadline_s = bound if deadline_s is None else min(bound, deadline_s)
         start = time.monotonic()
-        job_fd = _memfd("grpo-sandbox-job", json.dumps(job).encode("utf-8"))
         report_r, report_w = os.pipe()
-        host_dir = None
+        info_r = info_w = runner_fd = host_dir = None
+        handed_over = [report_w]  # our copies of what the sandbox inherits: closed once it runs
         try:
+            job_fd = _memfd("grpo-sandbox-job", json.dumps(job).encode("utf-8"))
+            handed_over.append(job_fd)
             if self.isolation == "namespaces":
                 runner_fd = _memfd("grpo-sandbox-runner", _RUNNER.read_bytes())
                 info_r, info_w = os.pipe()
+                handed_over += [runner_fd, info_w]
                 command = self._bwrap_command(limits, runner_fd, info_w) + [
                     self.python, "-I", "/sandbox/runner.py", str(job_fd), str(report_w), _WORK,
                 ]
-                pass_fds = (runner_fd, info_w, job_fd, report_w)
             else:
-                runner_fd = info_r = info_w = None
                 host_dir = tempfile.mkdtemp(prefix="grpo-sandbox-")
-                command = [self.python, "-I", str(_RUNNER), str(job_fd), str(report_w), host_dir]
-                pass_fds = (job_fd, report_w)
+                runner = os.path.join(host_dir, ".runner.py")
+                shutil.copyfile(_RUNNER, runner)
+                command = [self.python, "-I", runner, str(job_fd), str(report_w), host_dir]
             as_user = {}
             if os.geteuid() == 0:
                 as_user = {"user": _NOBODY, "group": _NOBODY, "extra_groups": []}
-                if host_dir:
+                if host_dir:  # the unprivileged user works in it and reads the runner there
                     os.chown(host_dir, _NOBODY, _NOBODY)
+                    os.chown(runner, _NOBODY, _NOBODY)
             try:
                 process = subprocess.Popen(
                     command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    pass_fds=pass_fds, start_new_session=True, close_fds=True,
+                    pass_fds=tuple(handed_over), start_new_session=True, close_fds=True,
                     env=_sandbox_env(host_dir), cwd=host_dir or "/", **as_user,
                 )
             except OSError as exc:
-                return RunResult([CaseResult(False, "no_report")] * n_cases, "sandbox_error", 0.0, stderr=str(exc))
+                failed = [CaseResult(False, "no_report") for _ in range(n_cases)]
+                return RunResult(failed, "sandbox_error", time.monotonic() - start, stderr=str(exc))
             finally:
-                for fd in (runner_fd, info_w, job_fd, report_w):
-                    if fd is not None:
-                        os.close(fd)
-            status, streams, child_pid = _collect(process, report_r, info_r, deadline_s, limits.output_bytes)
+                for fd in handed_over:
+                    os.close(fd)
+                handed_over = []
+            status, streams = _collect(process, report_r, info_r, deadline_s, limits.output_bytes)
         finally:
-            os.close(report_r)
+            for fd in (*handed_over, report_r, info_r):
+                if fd is not None:
+                    os.close(fd)
             if host_dir:
                 shutil.rmtree(host_dir, ignore_errors=True)
         wall = time.monotonic() - start
-        if info_r is not None:
-            os.close(info_r)
-        cases = _parse_reports(streams["report"], token, n_cases)
+        cases, started = _parse_reports(streams["report"], token, n_cases)
         stderr = streams["stderr"].decode("utf-8", "replace")
-        if status == "completed" and process.returncode != 0 and not any(c.status != "no_report" for c in cases):
-            # Nothing reported and a failure exit: bubblewrap or the runner could not start (the
-            # program cannot fail before the runner reports), or the program killed the runner.
-            status = "sandbox_error" if child_pid is None or stderr.startswith("bwrap:") else _ended_by(process.returncode)
+        if not started and status == "completed":
+            status = "sandbox_error"  # bubblewrap or the runner did not start: not the program's doing
+        elif status == "completed" and process.returncode != 0 and all(c.status == "no_report" for c in cases):
+            status = _ended_by(process.returncode)  # the program ended the runner itself
         for case in cases:
             if case.status == "no_report" and status in ("timeout", "output_limit"):
                 case.status = status
-        return RunResult(
-            cases, status, wall, streams["stdout"].decode("utf-8", "replace"), stderr[-4000:], {"returncode": process.returncode}
-        )
+        stdout = bytes(streams["stdout"][: limits.output_bytes]).decode("utf-8", "replace")
+        return RunResult(cases, status, wall, stdout, stderr[-4000:], {"returncode": process.returncode})
 
     def _bwrap_command(self, limits: SandboxLimits, runner_fd: int, info_fd: int) -> list[str]:
         size = str(limits.workdir_mb << 20)
@@ -352,7 +358,7 @@ def _collect(process: subprocess.Popen, report_r: int, info_r: int | None, deadl
         selector.close()
         process.stdout.close()
         process.stderr.close()
-    return status or "completed", streams, _child_pid(streams["info"])
+    return status or "completed", streams
 
 
 def _child_pid(info: bytes) -> int | None:
@@ -376,8 +382,11 @@ def _kill(process: subprocess.Popen, child_pid: int | None) -> None:
         pass
 
 
-def _parse_reports(raw: bytes, token: str, n_cases: int) -> list[CaseResult]:
+def _parse_reports(raw: bytes, token: str, n_cases: int) -> tuple[list[CaseResult], bool]:
+    """The runner's reports carrying ``token`` (anything else on the channel is ignored), and
+    whether the runner said it started (case -1)."""
     cases: list[CaseResult | None] = [None] * n_cases
+    started = False
     for line in raw.decode("utf-8", "replace").splitlines():
         try:
             report = json.loads(line)
@@ -386,9 +395,11 @@ def _parse_reports(raw: bytes, token: str, n_cases: int) -> list[CaseResult]:
         if not isinstance(report, dict) or report.get("token") != token:
             continue  # not the runner's: something else wrote to the channel
         case = report.get("case")
-        if isinstance(case, int) and 0 <= case < n_cases and cases[case] is None:
+        if case == -1:
+            started = True
+        elif isinstance(case, int) and 0 <= case < n_cases and cases[case] is None:
             cases[case] = CaseResult(report.get("passed"), str(report.get("status")), str(report.get("detail", "")), report.get("output"))
-    return [c if c is not None else CaseResult(False, "no_report") for c in cases]
+    return [c if c is not None else CaseResult(False, "no_report") for c in cases], started
 
 
 def limits_from(base: SandboxLimits, **overrides) -> SandboxLimits:

@@ -50,6 +50,7 @@ def main() -> None:
             line["output"] = output
         reports.write(json.dumps(line) + "\n")
 
+    report(-1, None, "started")  # the caller tells a sandbox that never started from a program that ended it
     os.chdir(WORK)
     _set_limits(limits)
     if job["kind"] == "script":
