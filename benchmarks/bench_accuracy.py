@@ -4,7 +4,7 @@
 
 Three tables, all from files in tests/data (sources in tests/data/README.md):
 
-1. the answer-pair regression set (``answer_pairs.jsonl``: real (gold, prediction, verdict) pairs),
+1. the answer-pair regression set (``answer_pairs.jsonl.gz``: real (gold, prediction, verdict) pairs),
    per source, for our reward with ``answer_extraction: strict`` on the prediction as it is, strict
    with the prediction wrapped in ``<answer>...</answer>``, ``any``, and plain math-verify
    (``verify(parse(gold), parse(pred))``);
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.disable(logging.WARNING)  # math-verify's own parse warnings
     from benchmarks.workload import report
 
-    pairs = load_jsonl("answer_pairs.jsonl")
+    pairs = load_jsonl("answer_pairs.jsonl.gz")
     table, _ = agreement_table(pairs)
     math500, _ = math500_table()
     text = (
