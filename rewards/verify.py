@@ -449,17 +449,17 @@ class _WorkerJudge:
             return Outcome.TIMEOUT
         except Exception:
             return Outcome.BAD_GOLD
-        if _DECIMAL_COMMA.fullmatch(gold) and not _DECIMAL_COMMA.fullmatch(pred):
-            # "1,22" is a pair as LaTeX but 1.22 as a number; a prediction in decimals decides.
-            decimal = self._parse_gold(gold.replace(",", "."))
-            gold_parsed = gold_parsed if self._matches(gold_parsed, self._parse(pred)) else decimal
-        # A gold that only survives as a raw string (math-verify's fallback) is not usable, except
-        # that a prediction written exactly like it equals it.
-        gold_values = [item for item in gold_parsed if isinstance(item, self._sympy_types)]
-        if not gold_values:
-            return Outcome.EQUAL if "".join(pred.split()) == "".join(gold.split()) else Outcome.BAD_GOLD
-        kind = self._kind(gold_values[0])
         try:
+            if _DECIMAL_COMMA.fullmatch(gold) and not _DECIMAL_COMMA.fullmatch(pred):
+                # "1,22" is a pair as LaTeX but 1.22 as a number; a prediction in decimals decides.
+                if not self._matches(gold_parsed, self._parse(pred)):
+                    gold_parsed = self._parse_gold(gold.replace(",", "."))
+            # A gold that only survives as a raw string (math-verify's fallback) is not usable,
+            # except that a prediction written exactly like it equals it.
+            gold_values = [item for item in gold_parsed if isinstance(item, self._sympy_types)]
+            if not gold_values:
+                return Outcome.EQUAL if "".join(pred.split()) == "".join(gold.split()) else Outcome.BAD_GOLD
+            kind = self._kind(gold_values[0])
             first_value = None
             hedge_rule = kind == "value" or (kind == "object" and disjunctive and not offers_alternatives(gold))
             if hedge_rule and len(alternatives) > 1:
