@@ -269,6 +269,7 @@ _ANSWER_ANCHOR = re.compile(r"final answer|answer\s*(?:is|:)|答案", re.IGNOREC
 
 # "or" in any notation: words, logic, \text{ or }; Chinese 或(者).
 _DISJUNCTION = re.compile(r"\bor\b|\\lor\b|\\vee\b|或者?|\bou\b|\boder\b", re.IGNORECASE)
+_ASIDE_OR = re.compile(r"\(\s*(?:or|either)\b", re.IGNORECASE)
 _TEXT_CONNECTIVE = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm)\s*\{\s*(and|or|,)\s*\}", re.IGNORECASE)
 # Separators of the items of a short list (top level only): commas not inside a number, ";",
 # newlines, "and", LaTeX line breaks and quads, Chinese list punctuation.
@@ -308,6 +309,7 @@ def split_alternatives(text: str) -> tuple[list[str], bool]:
     ``(["17", "18"], True)``; ``"\\frac{1}{2}"`` -> ``(["\\frac{1}{2}"], False)``.
     """
     text = _TEXT_CONNECTIVE.sub(lambda m: f" {m.group(1)} ", _LATEX_THOUSANDS.sub("", text))
+    text = _ASIDE_OR.sub(r" or (", text)  # "18 (or maybe 17)": the aside offers an alternative
     text = _final_clause(text)
     bare = _LATEX_WORD.sub(" ", text)
     words = [w for w in _WORD.findall(bare) if w.lower() not in _SEPARATOR_WORDS]

@@ -1,7 +1,7 @@
 """The accuracy reward's answer handling: hedges score 0, answers that are lists by nature do not,
 and the final-answer extraction keeps what math-verify needs (starts a math-verify worker).
 
-The hedge table is ``tests/data/hedges.jsonl`` (65 rows: 35 hedges, 30 controls);
+The hedge table is ``tests/data/hedges.jsonl`` (73 rows: 43 hedges, 30 controls);
 ``python -m benchmarks.bench_accuracy`` prints it beside plain math-verify's verdicts.
 """
 
