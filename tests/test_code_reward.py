@@ -225,6 +225,20 @@ def test_humaneval_source(humaneval_rows):
     assert "def check(candidate)" in row["tests"] and row["solution"].startswith(row["starter_code"])
 
 
+def test_skip_makes_a_held_out_split(humaneval_rows):
+    from grpo.data import DataError, DataSpec, load_rows
+
+    train = load_rows(DataSpec(source="humaneval", shuffle=True, seed=0, size=132))
+    held_out = load_rows(DataSpec(source="humaneval", shuffle=True, seed=0, skip=132))
+    assert len(train) == 132 and len(held_out) == 32
+    assert {r["task_id"] for r in train} | {r["task_id"] for r in held_out} == {r["task_id"] for r in humaneval_rows}
+    assert held_out == load_rows(DataSpec(source="humaneval", shuffle=True, seed=0))[132:]
+    with pytest.raises(DataError, match="skip: 164 leaves no rows"):
+        load_rows(DataSpec(source="humaneval", skip=164))
+    with pytest.raises(ValueError, match="skip: must be ≥ 0, got -1"):
+        DataSpec(source="humaneval", skip=-1)
+
+
 @needs_sandbox
 @pytest.mark.slow
 def test_humaneval_canonical_solutions_pass_and_neighbours_fail(humaneval_rows):
