@@ -20,7 +20,8 @@ from .text import completion_text
 
 __all__ = ["code_reward", "extract_code", "parse_tests", "CodeTests", "score_programs", "get_sandbox"]
 
-_FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^\n]*\n(.*?)^[ \t]*```[ \t]*$", re.DOTALL | re.MULTILINE)
+_OPENING_FENCE = re.compile(r"[ \t]*```[ \t]*([A-Za-z0-9_+#.-]*)[^`]*")
+_CLOSING_FENCE = re.compile(r"[ \t]*```[ \t\r]*")
 _PYTHON = frozenset({"python", "py", "python3", "py3"})
 _CPP = frozenset({"cpp", "c++", "cc", "cxx", "hpp"})
 _CHECK_DEFINED = re.compile(r"^def check\s*\(", re.MULTILINE)
@@ -45,12 +46,29 @@ def extract_code(text: str, cpp: bool = True) -> tuple[str, str] | None:
         inner = text[start + 8 : end if end >= 0 else len(text)]
         if "```" in inner:
             region = inner
-    blocks = [(m.group(1).lower(), m.group(2)) for m in _FENCE.finditer(region)]
+    blocks = _fenced_blocks(region)
     for wanted, language in ((_PYTHON, "python"), (_CPP if cpp else frozenset(), "cpp"), (frozenset({""}), "python")):
         for tag, code in reversed(blocks):
             if tag in wanted and code.strip():
                 return language, code
     return None
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """``(language tag, code)`` of each closed fenced block, in one pass over the lines (a regex
+    that looks for each opener's closer re-scans the rest of the text per unclosed opener)."""
+    blocks, tag, body = [], None, []
+    for line in text.split("\n"):
+        if tag is None:
+            opening = _OPENING_FENCE.fullmatch(line)
+            if opening:
+                tag, body = opening.group(1).lower(), []
+        elif _CLOSING_FENCE.fullmatch(line):
+            blocks.append((tag, "".join(f"{b}\n" for b in body)))
+            tag = None
+        else:
+            body.append(line)
+    return blocks
 
 
 @dataclass(frozen=True)

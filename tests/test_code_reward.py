@@ -49,6 +49,13 @@ def test_extract_code(text, cpp, expected):
     assert extract_code(text, cpp=cpp) == expected
 
 
+def test_extract_code_is_linear_on_hostile_text():
+    start = time.perf_counter()
+    assert extract_code("```aaaaaaaaaa\n" * 10_000) is None  # 10,000 openers, no closer
+    assert extract_code("```python\nx = 1\n```\n" * 20_000 + "```python\r\ny = 2\r\n```\r\n") == ("python", "y = 2\r\n")
+    assert time.perf_counter() - start < 1.0
+
+
 def test_parse_tests_styles():
     assert parse_tests("assert f(1) == 2").snippets == ("assert f(1) == 2",)
     humaneval = "def check(candidate):\n    assert candidate(1) == 2\n"
