@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 __all__ = ["SandboxLimits", "Sandbox", "SandboxUnavailable", "RunResult", "CaseResult", "ISOLATIONS"]
@@ -400,8 +400,3 @@ def _parse_reports(raw: bytes, token: str, n_cases: int) -> tuple[list[CaseResul
         elif isinstance(case, int) and 0 <= case < n_cases and cases[case] is None:
             cases[case] = CaseResult(report.get("passed"), str(report.get("status")), str(report.get("detail", "")), report.get("output"))
     return [c if c is not None else CaseResult(False, "no_report") for c in cases], started
-
-
-def limits_from(base: SandboxLimits, **overrides) -> SandboxLimits:
-    """``base`` with the non-None ``overrides`` applied (recipe parameters)."""
-    return replace(base, **{k: v for k, v in overrides.items() if v is not None})
