@@ -86,6 +86,17 @@ def test_outputs_match_ignores_trailing_whitespace_only():
     assert not outputs_match("3 4", "3\n4") and not outputs_match(" 3", "3")
 
 
+def test_reward_modules_import_no_torch():
+    """rewards/ is pure Python: importing every reward (code and sandbox included) pulls in no
+    torch, transformers, sympy or math-verify (the verifier's worker imports those itself)."""
+    import subprocess
+    import sys
+
+    probe = "import sys, rewards, rewards.code, rewards.sandbox; print(sorted({'torch', 'transformers', 'sympy', 'math_verify'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_missing_tests_column_is_a_clear_error():
     with pytest.raises(ValueError, match="code reward needs the test cases in a dataset column 'tests'; columns passed: solution"):
         code_reward(["p"], ["c"], solution=["x"])
