@@ -42,7 +42,6 @@ __all__ = [
     "sample_completions",
     "score_samples",
     "pass_at_1",
-    "pass_at_k",
     "maj_at_k",
     "rate",
     "mean_reward",
@@ -248,27 +247,6 @@ def pass_at_1(samples: list[dict], reward: str = "accuracy") -> float | None:
     return _mean(per_prompt)
 
 
-def pass_at_k(samples: list[dict], k: int, reward: str = "code", threshold: float = 1.0) -> float | None:
-    """Unbiased pass@k (Chen et al., 2021): the chance that at least one of k samples drawn from a
-    prompt's n passes (``reward`` ≥ ``threshold``: every test for ``code``), averaged over prompts.
-
-    pass@k = (1/P) Σ_p [1 − C(n_p − c_p, k) / C(n_p, k)],  c_p = #passing samples of prompt p
-
-    Samples whose ``reward`` is None are left out; prompts with fewer than k judged samples are
-    not counted. pass@1 is the mean pass rate.
-    """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k: expected a positive integer, got {k!r}")
-    _check_reward(samples, reward)
-    per_prompt = []
-    for group in _by_prompt(samples).values():
-        values = [v for v in (_value(s, reward) for s in group) if v is not None]
-        n, c = len(values), sum(v >= threshold for v in values)
-        if n >= k:
-            per_prompt.append(1.0 - math.comb(n - c, k) / math.comb(n, k))
-    return _mean(per_prompt)
-
-
 def _majority(group: list[dict]) -> tuple[str | None, list[dict]]:
     """The voted answer of one prompt's samples and the samples carrying it.
 
@@ -364,8 +342,6 @@ def evaluation_summary(
       same number of samples, else the mean);
     - with the ``accuracy`` reward scored: ``pass@1`` (:func:`pass_at_1`), ``maj@k``
       (:func:`maj_at_k`), ``mean_length_correct`` and ``mean_length_wrong`` (:func:`mean_length`);
-    - with the ``code`` reward scored: ``code_pass@1`` and ``code_pass@<k>`` (:func:`pass_at_k`,
-      k = samples per prompt; a sample passes when it passes every test);
     - with ``format``: ``format_rate`` = share with format reward 1.0;
     - with ``language_consistency``: ``language_consistency`` (mean) and
       ``language_consistency_rate`` = share ≥ ``language_threshold`` (0.95);
@@ -388,10 +364,6 @@ def evaluation_summary(
     if accuracy in names:
         summary["pass@1"] = pass_at_1(samples, accuracy)
         summary["maj@k"] = maj_at_k(samples, accuracy)
-    if "code" in names:  # a sample passes when it passes every test
-        summary["code_pass@1"] = pass_at_k(samples, 1, "code")
-        if isinstance(summary["samples_per_prompt"], int) and summary["samples_per_prompt"] > 1:
-            summary[f"code_pass@{summary['samples_per_prompt']}"] = pass_at_k(samples, summary["samples_per_prompt"], "code")
     if "format" in names:
         summary["format_rate"] = rate(samples, "format", 1.0)
     if "language_consistency" in names:

@@ -16,7 +16,6 @@ from grpo.evaluation import (
     mean_reward,
     mix_with,
     pass_at_1,
-    pass_at_k,
     rate,
     sample_completions,
     score_samples,
@@ -60,27 +59,6 @@ def test_pass_at_1_averages_per_prompt_then_over_prompts():
     assert pass_at_1([rec(0, 0, None)]) is None
     with pytest.raises(KeyError, match="no sample carries reward 'acuracy'; rewards present: accuracy"):
         pass_at_1(samples, "acuracy")
-
-
-def test_pass_at_k_unbiased_estimator_by_hand():
-    # prompt 0: n=5, c=2 (a partial 0.5 is not a pass); prompt 1: n=5, c=0; prompt 2: n=2 (< k for k > 2)
-    code = [1.0, 0.5, 1.0, 0.0, 0.0]
-    samples = [
-        *(rec(0, j, code=v) for j, v in enumerate(code)),
-        *(rec(1, j, code=0.0) for j in range(5)),
-        *(rec(2, j, code=v) for j, v in enumerate([1.0, None, 0.0])),
-    ]
-    # pass@1 = mean of c/n: (2/5 + 0 + 1/2) / 3
-    assert pass_at_k(samples, 1, "code") == pytest.approx((0.4 + 0.0 + 0.5) / 3)
-    # pass@2: 1 - C(3,2)/C(5,2) = 1 - 3/10 = 0.7; 0; 1 - C(1,2)/C(2,2) = 1
-    assert pass_at_k(samples, 2, "code") == pytest.approx((0.7 + 0.0 + 1.0) / 3)
-    # pass@5: prompt 2 has 2 judged samples, not counted; 1 - C(3,5)/C(5,5) = 1
-    assert pass_at_k(samples, 5, "code") == pytest.approx((1.0 + 0.0) / 2)
-    assert pass_at_k(samples, 6, "code") is None
-    with pytest.raises(ValueError, match="k: expected a positive integer, got 0"):
-        pass_at_k(samples, 0, "code")
-    summary = evaluation_summary([s for s in samples if s["row"] < 2], ["code"])
-    assert summary["code_pass@1"] == pytest.approx(0.2) and summary["code_pass@5"] == pytest.approx(0.5)
 
 
 def test_maj_at_k_votes_ties_and_missing_answers():
