@@ -150,8 +150,8 @@ def _tag_answer(content: str) -> FinalAnswer | None:
     """The answer inside one answer tag: all its boxes if it has any, else its text."""
     boxes = _boxes(content)
     if boxes:
-        parts = [content[start:end].strip() for _, start, end, _ in boxes]
-        gaps = [content[boxes[i][3] + 1 : boxes[i + 1][0]] for i in range(len(boxes) - 1)]
+        parts = [content[start:close].strip() for _, start, close in boxes]
+        gaps = [content[boxes[i][2] + 1 : boxes[i + 1][0]] for i in range(len(boxes) - 1)]
         if any(parts):
             return _from_boxes(parts, any(_DISJUNCTION.search(g) for g in gaps), "answer_tag")
     if not content.strip():
@@ -173,18 +173,18 @@ def _from_boxes(parts: list[str], disjunctive_gaps: bool, source: str) -> FinalA
     return FinalAnswer(text, tuple(alternatives), disjunctive, source)
 
 
-def _boxes(text: str) -> list[tuple[int, int, int, int]]:
-    """Outermost complete boxes as ``(command start, content start, content end, closing brace)``."""
+def _boxes(text: str) -> list[tuple[int, int, int]]:
+    """Outermost complete boxes as ``(command start, content start, closing brace)``."""
     starts = [(m.start(), m.end() - 1) for m in _BOXED_COMMAND.finditer(text)]
     if not starts:
         return []
     closing = _matching_braces(text, start=starts[0][1])
-    boxes: list[tuple[int, int, int, int]] = []
+    boxes: list[tuple[int, int, int]] = []
     for command, brace in starts:
         close = closing.get(brace)
-        if close is None or (boxes and command < boxes[-1][3]):  # unclosed, or inside the previous box
+        if close is None or (boxes and command < boxes[-1][2]):  # unclosed, or inside the previous box
             continue
-        boxes.append((command, brace + 1, close, close))
+        boxes.append((command, brace + 1, close))
     return boxes
 
 
@@ -208,12 +208,12 @@ def _final_box_group(text: str) -> tuple[list[str], bool] | None:
         return None
     first, disjunctive = len(boxes) - 1, False
     while first > 0:
-        gap = text[boxes[first - 1][3] + 1 : boxes[first][0]]
+        gap = text[boxes[first - 1][2] + 1 : boxes[first][0]]
         if len(gap) > _MAX_CONNECTOR or "\n\n" in gap or not _is_connector(gap):
             break
         disjunctive = disjunctive or bool(_DISJUNCTION.search(gap))
         first -= 1
-    parts = [text[start:end].strip() for _, start, end, _ in boxes[first:]]
+    parts = [text[start:close].strip() for _, start, close in boxes[first:]]
     return (parts, disjunctive) if any(parts) else None
 
 
