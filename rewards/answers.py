@@ -284,7 +284,7 @@ _FINAL_MARKER = re.compile(
     re.IGNORECASE,
 )
 _LATEX_WORD = re.compile(r"\\[A-Za-z]+")
-# A sentence ends at a full stop before a space and a capital or at a line break (decimals, "e.g."
+# A sentence ends at a full stop before a space and a capital, at a blank line or a 。 (decimals, "e.g."
 # and "$x.$" mid-sentence do not end one).
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+(?=[A-Z\u3400-\u9fff])|[.!?]\s*$|\n\s*\n|。")
 _LONG_TEXT = 200
