@@ -60,8 +60,11 @@ def verdicts(pair: dict) -> dict[str, bool]:
 
 
 def source_group(source: str) -> str:
-    """``huggingface/Math-Verify@5d148cf tests/test_all.py:57 (...)`` -> ``huggingface/Math-Verify``."""
-    return source.split("@")[0].split(" ")[0]
+    """``huggingface/Math-Verify@5d148cf tests/test_all.py:57 (...)`` -> ``huggingface/Math-Verify``;
+    ``sampled in this repository: <model> on ...`` -> ``sampled in this repository: <model>``."""
+    if "@" in source:
+        return source.split("@")[0]
+    return source.split(" on ")[0]
 
 
 def agreement_table(pairs: list[dict]) -> tuple[str, dict]:

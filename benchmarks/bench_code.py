@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 import uuid
@@ -52,7 +53,15 @@ def attack_table() -> str:
     try:
         for name, program in programs.items():
             [score] = score_programs([(("python", program), tests, "")], sandbox, workers=1, total_time_s=60)
-            detail = (score.run.cases[0].detail or score.run.stdout[:60]).replace("\n", " ").replace("|", "\\|")[:90]
+            detail = score.run.cases[0].detail or score.run.stdout[:60]
+            returncode = score.run.extra.get("returncode") or 0
+            if not score.run.cases[0].detail and returncode > 128:
+                detail = f"killed by {signal.Signals(returncode - 128).name}" + (" (the CPU limit)" if returncode - 128 == signal.SIGXCPU else "")
+            detail = detail.replace("\n", " ").replace("|", "\\|")[:90]
+            if name == "write outside its directory":
+                detail = f"{score.run.stdout.count('refused')} of 3 writes refused: " + "; ".join(
+                    line.split(" [")[0] for line in score.run.stdout.splitlines() if line.startswith("refused")
+                )[:80]
             if name == "200 forked sleepers":
                 detail = f"processes left afterwards: {len(marked_processes(marker))}"
             if name == "connect to 127.0.0.1":
