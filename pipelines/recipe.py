@@ -19,10 +19,12 @@ import yaml
 
 from grpo.config import GRPOConfig
 from grpo.data import DataSpec
+from grpo.launch import DistributedSettings
 from grpo.models import DTYPE_NAMES
 from grpo.schema import ConfigError, from_dict, nearest, set_dotted, to_dict
 from grpo.scoring import RewardTerm
 from grpo.templates import TemplateSpec
+from grpo.tracking import TrackingSettings
 
 
 @dataclass
@@ -50,9 +52,14 @@ class Recipe:
     # name (registered or "module.path:function") -> weight, or {weight: w, <param>: value, ...}
     rewards: dict[str, float | dict[str, Any]] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)  # several processes: ddp | fsdp (docs/distributed.md)
     # `grpo run`: the stages, in order; each has name, kind, init and its kind's keys
     # (pipelines/stages/). Validated by pipelines.runner.plan_stages.
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # Experiment trackers (TRL's name): tensorboard, trackio, wandb, mlflow (grpo/tracking.py);
+    # a stage may set its own report_to. Offline by default; settings in `tracking:`.
+    report_to: list[str] = field(default_factory=list)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self):
         if isinstance(self.template, str):
@@ -65,6 +72,9 @@ class Recipe:
             raise ValueError(f"device: expected auto, cpu, cuda, cuda:<index> or mps, got {self.device!r}")
         if self.dtype.strip().lower().removeprefix("torch.") not in DTYPE_NAMES:
             raise ValueError(f"dtype: expected one of float32, bfloat16, float16, auto, got {self.dtype!r}")
+        from grpo.tracking import check_trackers
+
+        check_trackers(self.report_to)
 
     @property
     def run_dir(self) -> Path:

@@ -15,7 +15,7 @@ import yaml
 
 from grpo.config import GRPOConfig
 from grpo.data import DataError, DataSpec, load_rows
-from grpo.distributed import is_main_process
+from grpo.launch import DistributedSettings, is_main_process
 from grpo.io import atomic_write_text, check_writable
 from grpo.schema import ConfigError, to_dict
 from grpo.templates import TemplateSpec, render_prompts
@@ -103,19 +103,36 @@ def format_summary(summary: dict) -> str:
 
 
 def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
-             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False):
-    """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult."""
-    from grpo.models import load_model_and_tokenizer
+             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, on_step=None,
+             teacher: dict | None = None, distributed: DistributedSettings | None = None):
+    """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult.
+    ``on_step``: the trainer's per-step hook (experiment trackers). ``teacher``: on-policy
+    distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R, "baseline": bool}`` (grpo/distill.py).
+    ``distributed``: how several processes share the policy (grpo/launch.py)."""
+    from grpo.launch import launched_world_size
+    from grpo.models import _resolve_device, load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
+    distributed = distributed or DistributedSettings()
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
-    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device)
+    target = _resolve_device(device)
+    # FSDP moves each rank's shards to its device: the whole model never has to fit on one GPU.
+    sharded = launched_world_size() > 1 and distributed.resolved_strategy() == "fsdp"
+    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device="cpu" if sharded else target)
     prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
     if prepared.report() and is_main_process():
         print(prepared.report())
-    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed)
+    distill = None
+    if teacher is not None:
+        from grpo.distill import Teacher
+
+        teacher_model, teacher_tokenizer = load_model_and_tokenizer(teacher["model"], dtype=dtype, device="cpu" if sharded else target)
+        distill = Teacher(teacher_model, teacher_tokenizer, teacher.get("kl_weight", 1.0), teacher.get("reward_weight", 0.0),
+                          teacher.get("baseline", True))
+    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill,
+                          distributed=distributed, device=target)
     return trainer.train(resume=resume)
 
 
@@ -123,6 +140,17 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     """A run directory holding checkpoints is continued with --resume, never overwritten."""
     if run_dir.exists() and not resume and (run_dir / "checkpoints").exists():
         raise FileExistsError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it or set output_dir")
+
+
+def open_recipe_trackers(recipe: Recipe, run_dir: Path, names: list[str] | None = None):
+    """One run of each tracker ``names`` (default: the recipe's ``report_to``), the resolved
+    recipe as its config; None when there are none."""
+    from grpo.tracking import open_trackers
+
+    names = recipe.report_to if names is None else names
+    if not names:
+        return None
+    return open_trackers(names, run_dir, recipe.name, to_dict(recipe), recipe.tracking)
 
 
 def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path | None = None):
@@ -134,8 +162,14 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
     if is_main_process():  # with several processes (grpo/distributed.py) rank 0 writes the files
         atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
     started = time.perf_counter()
-    result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
-                      config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume)
+    trackers = open_recipe_trackers(recipe, run_dir) if is_main_process() else None
+    try:
+        result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
+                          config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume,
+                          on_step=trackers.on_step if trackers else None, distributed=recipe.distributed)
+    finally:
+        if trackers:
+            trackers.finish()
     summary = summarize(result.metrics)
     summary["wall_time_s"] = time.perf_counter() - started
     return result, summary

@@ -40,6 +40,14 @@ class StageContext:
     resume: bool  # work_dir holds an interrupted attempt of this same configuration
     seed: int
     progress: bool = True
+    tracker: Any = None  # grpo.tracking.TrackerLogger under this stage's name, when the recipe reports to trackers
+    inputs: dict[str, str] = field(default_factory=dict)  # resolved inputs: model, data, and a kind's model_refs (teacher)
+    dist: Any = None  # grpo.distributed.DataParallel when the run has several processes (None: one)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes the stage's files."""
+        return self.dist is None or self.dist.is_main
 
 
 @dataclass
@@ -52,6 +60,8 @@ class Stage:
     kind: ClassVar[str]
     Config: ClassVar[type]
     produces: ClassVar[tuple[str, ...]] = ()
+    # Config keys naming another model (a model name or stages.<name>), resolved by the runner into ctx.inputs.
+    model_refs: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError
