@@ -270,3 +270,30 @@ def test_humaneval_canonical_solutions_pass_and_neighbours_fail(humaneval_rows):
     neighbours = [f"```python\n{rows[(i + 1) % 164]['solution']}\n```" for i in picked]
     subset = {k: [v[i] for i in picked] for k, v in columns.items()}
     assert code_reward([rows[i]["prompt"] for i in picked], neighbours, workers=2, **subset) == [0.0] * len(picked)
+
+
+@needs_sandbox
+def test_eval_stage_of_a_code_recipe_reports_pass_at_k(tiny_model_dir, tmp_path):
+    """An eval stage whose recipe has `code` and no `accuracy` reports pass@1/pass@k of `code`."""
+    import json
+
+    import yaml
+
+    from pipelines.cli import main
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"Write f{i}.", "tests": "assert True", "solution": "pass"}) + "\n" for i in range(2)))
+    data = {"source": str(rows), "extract_gold": False}
+    recipe = {
+        "name": "tiny-code", "model": str(tiny_model_dir), "seed": 0, "output_dir": str(tmp_path / "run"),
+        "data": {"train": data, "eval": data},
+        "rewards": {"code": {"weight": 1.0, **QUICK}, "format": 0.5},
+        "grpo": {"max_new_tokens": 8, "progress": False},
+        "stages": [{"name": "eval", "kind": "eval", "init": "base", "samples_per_prompt": 2}],
+    }
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["run", str(tmp_path / "r.yaml")]) == 0
+    summary = json.loads((tmp_path / "run" / "eval" / "eval.json").read_text())
+    # A random tiny model writes no code block: every program fails, and that is a measured 0.
+    assert summary["pass@1"] == 0.0 and summary["pass@k"] == 0.0 and summary["num_samples"] == 4
+    assert "maj@k" not in summary  # programs have no majority vote
