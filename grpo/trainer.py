@@ -25,6 +25,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_j
 from grpo.loss import BatchShape, policy_loss
 from grpo.packed import PackedLinears
 from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine, row_seed
-from grpo.scoring import RewardTerm, Scores, score_completions
+from grpo.scoring import RewardError, RewardTerm, Scores, reward_inputs, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
 TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train")
@@ -172,6 +173,7 @@ class GRPOTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step_done = 0
         self.nonfinite_steps = 0  # updates skipped for NaN/inf (training stops past max_nonfinite_steps)
+        self.failing_steps = 0  # steps in which a reward failed on every row (on_reward_error: skip)
         self.num_tokens = 0  # cumulative prompt + completion tokens seen (TRL: num_tokens)
 
     # --- setup ----------------------------------------------------------------------------
@@ -232,6 +234,7 @@ class GRPOTrainer:
             rollout, expanded, scores, refill = self._dynamic_sampling(step, rollout, expanded, scores, timing)
         rollout = rollout.to(self.device)  # (engines return CPU tensors)
         batch_scores = self.dist.gather_scores(scores)  # whole batch
+        self._check_failing_rewards(step, batch_scores)
         rewards = torch.tensor(batch_scores.total, dtype=torch.float32)
         t_rollout = t0 + timing["rollout"]
         t_rewards = t_rollout + timing["rewards"]
@@ -378,10 +381,33 @@ class GRPOTrainer:
         rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling, seeds=seeds)
         t1 = time.perf_counter()
         expanded = [r for r in batch_rows for _ in range(G)]
-        columns = {k: [r.get(k) for r in expanded] for k in batch_rows[0] if k != "prompt"}
-        columns["completion_ids"] = rollout.completion_id_lists
-        scores = score_completions(self.rewards, [r["prompt"] for r in expanded], rollout.texts, columns, cfg.on_reward_error)
+        prompts, completions, columns = reward_inputs(expanded, rollout.texts, rollout.completion_id_lists)
+        scores = score_completions(self.rewards, prompts, completions, columns, cfg.on_reward_error)
         return rollout, expanded, scores, {"rollout": t1 - t0, "rewards": time.perf_counter() - t1}
+
+    def _check_failing_rewards(self, step: int, scores: Scores) -> None:
+        """``on_reward_error: skip``: a reward that failed on every row of this step is a warning
+        with its first error; in ``max_failing_steps`` such steps the run stops."""
+        failing = {name: f for name, f in scores.failures.items() if f.all_failed}
+        if not failing:
+            return
+        self.failing_steps += 1
+        cfg = self.config
+        for name, f in failing.items():
+            if self.dist.is_main:
+                from tqdm.auto import tqdm
+
+                tqdm.write(
+                    f"warning: step {step}: reward {name!r} failed on all {f.scored} rows it scored (on_reward_error: skip, "
+                    f"scored as None; {self.failing_steps} of max_failing_steps={cfg.max_failing_steps}); first error: {f.first_error}",
+                    file=sys.stderr,
+                )
+        if self.failing_steps >= cfg.max_failing_steps:
+            name, f = next(iter(failing.items()))
+            raise RewardError(
+                f"step {step}: a reward failed on every row in {self.failing_steps} steps "
+                f"(grpo.max_failing_steps={cfg.max_failing_steps}; on_reward_error: skip): {f.first_error}"
+            )
 
     def _dynamic_sampling(self, step, rollout, expanded, scores, timing):
         """DAPO's dynamic sampling: keep only groups whose rewards differ, refilling with new prompts.
@@ -553,7 +579,8 @@ class GRPOTrainer:
                 save_file(self._trainable_state(), tmp / "model.safetensors")
                 torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optimizer.pt")
                 torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-                (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "num_tokens": self.num_tokens, "nonfinite_steps": self.nonfinite_steps, "seed": self.seed}))
+                (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "num_tokens": self.num_tokens, "nonfinite_steps": self.nonfinite_steps,
+                                                                     "failing_steps": self.failing_steps, "seed": self.seed}))
         except StorageError as exc:
             last = self.checkpoints()
             kept = f"the last complete checkpoint, {last[-1].name}, is intact: free some space and resume with --resume" if last else "there is no earlier checkpoint"
@@ -587,6 +614,7 @@ class GRPOTrainer:
         state = json.loads((path / "trainer_state.json").read_text())
         self.num_tokens = state["num_tokens"]
         self.nonfinite_steps = state.get("nonfinite_steps", 0)
+        self.failing_steps = state.get("failing_steps", 0)
         return int(state["step"])
 
     def save_final_model(self) -> Path:

@@ -108,8 +108,9 @@ class RejectionSamplingStage(Stage):
 
     def validate(self, config: RejectionSamplingConfig, recipe, path: str) -> None:
         from grpo.schema import ConfigError
+        from pipelines.recipe import reward_names
 
-        names = {name.rsplit(":", 1)[-1] for name in (config.rewards or recipe.rewards)}
+        names = set(reward_names(config.rewards or recipe.rewards))
         for name in config.keep:
             if name not in names:
                 raise ConfigError(f"{path}.keep.{name}: not one of this stage's rewards ({', '.join(sorted(names))})")
