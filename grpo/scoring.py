@@ -199,8 +199,10 @@ def _score_term(term: RewardTerm, prompts, completions, columns, log_metric) -> 
         failing = _failing_rows(term, rows, prompts, completions, columns, log_metric)
         if failing and len(failing) == len(rows) and len(rows) > 1:
             where = f" on every row ({len(rows)} of {len(rows)}: the call itself fails)"
-        elif failing:
+        elif len(failing) == 1:
             where = f" on row {failing[0]}"
+        elif failing:
+            where = f" on {len(failing)} of {len(rows)} rows (the first: row {failing[0]})"
         else:
             where = f" on a batch of {len(rows)} rows (each row alone scores)"
         raise RewardError(f"reward {term.name!r} raised {type(exc).__name__}{where}: {_one_line(exc)}") from exc

@@ -34,8 +34,6 @@ __all__ = ["UserCodeError", "add_user_dirs", "user_dirs", "is_file_spec", "load_
 
 # Folders registered by recipes, most recent first; each is also at the end of sys.path.
 _USER_DIRS: list[Path] = []
-# Top-level modules we imported from a user folder (name -> the file or package folder).
-_FROM_USER_DIRS: dict[str, Path] = {}
 # Private module names of files loaded by path -> (mtime_ns, size) when loaded.
 _FILE_STAMPS: dict[str, tuple[int, int]] = {}
 # sys.path entries we appended (removed again when a user folder moves to the front).
@@ -125,6 +123,8 @@ def load_module(target: str) -> ModuleType:
         )
     if installed is None and local is not None:
         _import_from_folder(top, local)
+    elif isinstance(installed, Path) and top not in _OUR_PACKAGES:
+        _forget_if_elsewhere(top, installed)
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as exc:
@@ -171,9 +171,11 @@ def _location(module: ModuleType) -> Path | str | None:
 
 
 def _installed_location(top: str) -> Path | str | None:
-    """Where Python finds ``top`` without the user folders (a file, a package folder, 'built-in'), or None."""
+    """Where Python finds ``top`` without the user folders (a file, a package folder, 'built-in'),
+    or None. Looked up afresh: a module imported earlier from a folder no longer on the path
+    (another recipe's, in the same process) does not count."""
     module = sys.modules.get(top)
-    if module is not None and top not in _FROM_USER_DIRS:
+    if module is not None and top in _OUR_PACKAGES:
         return _location(module)
     saved_path, saved_module = sys.path[:], sys.modules.pop(top, None)
     sys.path[:] = [p for p in sys.path if p not in _ADDED_TO_SYS_PATH]
@@ -201,14 +203,25 @@ def _same(a: Path | str, b: Path | str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _import_from_folder(top: str, local: Path) -> None:
-    """Make ``import top`` give the module at ``local`` (a user module from another folder with
-    the same name, imported for an earlier recipe in this process, is replaced)."""
-    loaded = _FROM_USER_DIRS.get(top)
-    if loaded is not None and _same(loaded, local) and top in sys.modules:
-        return
+def _forget_if_elsewhere(top: str, location: Path) -> bool:
+    """Drop ``top`` (and its submodules) from sys.modules when the module there came from
+    somewhere other than ``location``: a same-named module of another recipe's folder, imported
+    earlier in this process. True when ``top`` is already the module at ``location``."""
+    module = sys.modules.get(top)
+    if module is None:
+        return False
+    current = _location(module)
+    if isinstance(current, Path) and _same(current, location):
+        return True
     for name in [n for n in sys.modules if n == top or n.startswith(top + ".")]:
         del sys.modules[name]
+    return False
+
+
+def _import_from_folder(top: str, local: Path) -> None:
+    """Make ``import top`` give the module at ``local``."""
+    if _forget_if_elsewhere(top, local):
+        return
     spec = importlib.machinery.PathFinder.find_spec(top, [str(local.parent)])
     if spec is None or spec.loader is None:
         raise UserCodeError(f"cannot import '{local}'")
@@ -219,7 +232,6 @@ def _import_from_folder(top: str, local: Path) -> None:
     except BaseException as exc:
         del sys.modules[top]
         raise _import_error(top, exc) from exc
-    _FROM_USER_DIRS[top] = local
 
 
 def _load_file(path: Path) -> ModuleType:
