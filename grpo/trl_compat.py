@@ -93,7 +93,7 @@ _SAMPLING = "sampling is set by grpo.temperature, top_p, top_k and max_new_token
 _ROLLOUT = "completions are sampled by grpo.rollout_engine (shared_prefix, hf or vllm)"
 _VLLM = "grpo.rollout_engine: vllm runs vLLM in the trainer's process (colocated)"
 _POLICY_LOSS = "the policy loss is GRPO's clipped ratio per token, aggregated by grpo.loss_aggregation (grpo, bnpo, dr_grpo, dapo)"
-_NO_KERNELS = "no compiled or fused kernels are set from the recipe"
+_NO_KERNELS = "no compiled or fused kernels are set from the recipe; the speed-ups are grpo.rollout_engine's (shared_prefix, vllm)"
 _DTYPE = "weights and compute use the recipe's top-level dtype (float32, bfloat16, float16): write dtype: bfloat16"
 _STEP_BATCH = (
     "every step samples its own batch of grpo.prompts_per_step prompts × grpo.group_size completions "
@@ -180,7 +180,7 @@ TRL_KEYS: dict[str, TrlKey] = {
     # loader (pipelines/recipe.py); what reaches GRPOConfig has nowhere to go.
     "reward_weights": refuse("rewards", "give each reward its weight in rewards: (accuracy: 1.0, format: 0.5)", None),
     "multi_objective_aggregation": refuse(
-        "grpo.advantage_estimator", "the weighted sum of the rewards is what the advantage normalises (TRL's sum_then_normalize)", "sum_then_normalize"
+        "grpo.advantage_estimator", "grpo.advantage_estimator normalises the weighted sum of the rewards (TRL's sum_then_normalize)", "sum_then_normalize"
     ),
     "scale_rewards": alias("grpo.advantage_estimator", _SCALE_REWARDS),
     "loss_type": alias("grpo.loss_aggregation", _LOSS_TYPES, why="the default differs: grpo here, dapo in TRL"),
@@ -197,7 +197,7 @@ TRL_KEYS: dict[str, TrlKey] = {
     "entropy_target": ignore("grpo.beta", "used only with use_adaptive_entropy, which is not available"),
     "max_tool_calling_iterations": refuse(None, "tool calling (agent training) is not supported", None),
     "vllm_importance_sampling_correction": refuse(
-        "grpo.rollout_engine", "no importance-sampling correction of vLLM's sampling probabilities is applied (the default engine, shared_prefix, samples from the trained weights exactly)", False
+        "grpo.rollout_engine", "no importance-sampling correction of vLLM's sampling probabilities is applied; grpo.rollout_engine: shared_prefix (the default) samples from the trained weights exactly", False
     ),
     "vllm_importance_sampling_mode": ignore("grpo.rollout_engine", "used only with vllm_importance_sampling_correction, which is not available"),
     "vllm_importance_sampling_clip_max": ignore("grpo.rollout_engine", "used only with vllm_importance_sampling_correction, which is not available"),
@@ -227,7 +227,7 @@ TRL_KEYS: dict[str, TrlKey] = {
     "max_steps": TrlKey("alias", "grpo.steps", "", whole_steps("max_steps"), (-1,)),
     "learning_rate": same(),
     "lr_scheduler_type": alias("grpo.lr_scheduler", _SCHEDULERS, why="the default differs: constant here, linear in TRL"),
-    "lr_scheduler_kwargs": refuse("grpo.lr_scheduler", "the schedules (constant, linear, cosine) take no arguments", None, {}),
+    "lr_scheduler_kwargs": refuse("grpo.lr_scheduler", "grpo.lr_scheduler's schedules (constant, linear, cosine) take no arguments", None, {}),
     "warmup_steps": same(whole_steps("warmup_steps")),
     "optim": refuse("grpo.learning_rate", _ADAMW, "adamw_torch", "adamw_torch_fused"),
     "optim_args": refuse("grpo.learning_rate", _ADAMW, None),
@@ -237,7 +237,7 @@ TRL_KEYS: dict[str, TrlKey] = {
     "adam_epsilon": refuse("grpo.adam_beta2", _ADAMW + "; its epsilon is 1e-8", 1e-8),
     "optim_target_modules": refuse("grpo.lora", "every parameter is trained, or LoRA adapters (grpo.lora)", None),
     "gradient_accumulation_steps": same(why="here the B×G rows of a step are split into this many micro-batches; it does not change the rollout batch"),
-    "average_tokens_across_devices": refuse("grpo.loss_aggregation", "token counts are always the whole batch's, across processes", True),
+    "average_tokens_across_devices": refuse("grpo.loss_aggregation", "grpo.loss_aggregation always counts the whole batch's tokens, across processes", True),
     "max_grad_norm": same(),
     "label_smoothing_factor": refuse(None, "GRPO has no labels to smooth", 0.0),
     "bf16": refuse("dtype", _DTYPE, None, False),
@@ -246,9 +246,9 @@ TRL_KEYS: dict[str, TrlKey] = {
     "fp16_full_eval": refuse("dtype", _DTYPE, False),
     "tf32": refuse("dtype", _DTYPE, None),
     "activation_checkpointing": refuse("grpo.gradient_checkpointing", "write grpo.gradient_checkpointing: true", None, False),
-    "activation_checkpointing_kwargs": refuse("grpo.gradient_checkpointing", "gradient checkpointing takes no arguments", None, {}),
+    "activation_checkpointing_kwargs": refuse("grpo.gradient_checkpointing", "grpo.gradient_checkpointing takes no arguments", None, {}),
     "gradient_checkpointing": same(why="the default differs: false here, true in TRL"),
-    "gradient_checkpointing_kwargs": refuse("grpo.gradient_checkpointing", "gradient checkpointing takes no arguments", None, {}),
+    "gradient_checkpointing_kwargs": refuse("grpo.gradient_checkpointing", "grpo.gradient_checkpointing takes no arguments", None, {}),
     "torch_compile": refuse("grpo.rollout_engine", _NO_KERNELS, False),
     "torch_compile_backend": refuse("grpo.rollout_engine", _NO_KERNELS, None),
     "torch_compile_mode": refuse("grpo.rollout_engine", _NO_KERNELS, None),
