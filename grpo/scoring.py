@@ -88,19 +88,22 @@ class Scores:
     total: list[float]  # weighted sum per row
     extra_metrics: dict[str, float] = field(default_factory=dict)  # what rewards logged via log_metric
     failures: dict[str, Failures] = field(default_factory=dict)  # name -> failed/scored rows of this batch
+    extra_columns: dict[str, list] = field(default_factory=dict)  # what rewards logged via log_extra, per row
 
     def select(self, rows: list[int]) -> "Scores":
         return Scores({k: [v[i] for i in rows] for k, v in self.per_reward.items()}, [self.total[i] for i in rows],
-                      dict(self.extra_metrics), dict(self.failures))
+                      dict(self.extra_metrics), dict(self.failures), {k: [v[i] for i in rows] for k, v in self.extra_columns.items()})
 
     @staticmethod
     def concat(parts: list["Scores"]) -> "Scores":
         names = parts[0].per_reward
+        columns = list(dict.fromkeys(k for p in parts for k in p.extra_columns))
         return Scores(
             {k: [v for p in parts for v in p.per_reward[k]] for k in names},
             [t for p in parts for t in p.total],
             parts[0].extra_metrics,
             {k: Failures.merge([p.failures[k] for p in parts if k in p.failures]) for k in {k for p in parts for k in p.failures}},
+            {k: [v for p in parts for v in p.extra_columns.get(k, [None] * len(p.total))] for k in columns},
         )
 
     def mean(self, name: str) -> float | None:
@@ -142,10 +145,11 @@ def _as_values(values, name: str, n: int) -> list:
     return out
 
 
-def _call(term: RewardTerm, prompts, completions, columns, log_metric) -> Any:
-    """TRL's call: prompts, completions, every column as a keyword list, and the recipe's
-    parameters. A function without ``**kwargs`` gets only the arguments it names."""
-    kwargs = {"prompts": prompts, "completions": completions, "log_metric": log_metric, **columns, **term.params}
+def _call(term: RewardTerm, prompts, completions, columns, hooks) -> Any:
+    """TRL's call: prompts, completions, every column as a keyword list, TRL's ``log_metric``,
+    ``log_extra`` and ``trainer_state``, and the recipe's parameters. A function without
+    ``**kwargs`` gets only the arguments it names."""
+    kwargs = {"prompts": prompts, "completions": completions, **hooks, **columns, **term.params}
     accepted = term.accepted()
     if accepted is not None:
         kwargs = {k: v for k, v in kwargs.items() if k in accepted}
@@ -156,12 +160,12 @@ def _one(columns: dict, i: int, n: int) -> dict:
     return {k: [v[i]] if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
 
 
-def _failing_rows(term: RewardTerm, rows: list[int], prompts, completions, columns, log_metric) -> list[int]:
+def _failing_rows(term: RewardTerm, rows: list[int], prompts, completions, columns, hooks) -> list[int]:
     """After a batch call raised: the rows that raise on their own (the error path only)."""
     n, failing = len(completions), []
     for i in rows:
         try:
-            _call(term, [prompts[i]], [completions[i]], _one(columns, i, n), log_metric)
+            _call(term, [prompts[i]], [completions[i]], _one(columns, i, n), {**hooks, "log_extra": _ignore})
         except Exception:
             failing.append(i)
     return failing
@@ -172,17 +176,36 @@ def _one_line(exc: BaseException) -> str:
     return detail if len(detail) <= 300 else detail[:297] + "..."
 
 
+HOOKS = ("log_metric", "log_extra", "trainer_state")
+
+
+def _ignore(*args, **kwargs) -> None:
+    return None
+
+
 def missing_columns(term: RewardTerm, columns) -> list[str]:
     """Required parameters of the function that are neither a column nor given by the recipe."""
-    return [p for p in term.required() if p not in ("prompts", "completions", "log_metric") and p not in columns]
+    return [p for p in term.required() if p not in ("prompts", "completions", *HOOKS) and p not in columns]
 
 
-def _score_term(term: RewardTerm, prompts, completions, columns, log_metric) -> list[float]:
-    """One term's values for every row (NaN where not applicable); raises RewardError naming the row."""
+def _score_term(term: RewardTerm, prompts, completions, columns, hooks, extra_columns: dict | None = None) -> list[float]:
+    """One term's values for every row (NaN where not applicable); raises RewardError naming the row.
+    What the function gives ``log_extra(column, values)`` lands in ``extra_columns`` (row-aligned)."""
     n = len(completions)
     rows = term.applies(columns, n)
     if not rows:
         return [math.nan] * n
+
+    def log_extra(column: str, values) -> None:
+        values = list(values)
+        if len(values) != len(rows):
+            raise RewardError(f"reward {term.name!r}: log_extra({column!r}, ...) got {len(values)} values for {len(rows)} completions")
+        if extra_columns is not None:
+            target = extra_columns.setdefault(column, [None] * n)
+            for i, v in zip(rows, values):
+                target[i] = v
+
+    hooks = {**hooks, "log_extra": log_extra}
     missing = missing_columns(term, columns)
     if missing:
         raise RewardError(
@@ -192,11 +215,11 @@ def _score_term(term: RewardTerm, prompts, completions, columns, log_metric) -> 
     pick = (lambda seq: [seq[i] for i in rows]) if len(rows) < n else (lambda seq: seq)  # noqa: E731
     sub_columns = {k: pick(v) if isinstance(v, list) and len(v) == n else v for k, v in columns.items()}
     try:
-        values = _call(term, pick(prompts), pick(completions), sub_columns, log_metric)
+        values = _call(term, pick(prompts), pick(completions), sub_columns, hooks)
     except RewardError:
         raise
     except Exception as exc:
-        failing = _failing_rows(term, rows, prompts, completions, columns, log_metric)
+        failing = _failing_rows(term, rows, prompts, completions, columns, hooks)
         if failing and len(failing) == len(rows) and len(rows) > 1:
             where = f" on every row ({len(rows)} of {len(rows)}: the call itself fails)"
         elif len(failing) == 1:
@@ -213,8 +236,19 @@ def _score_term(term: RewardTerm, prompts, completions, columns, log_metric) -> 
     return scored
 
 
+@dataclass
+class TrainerState:
+    """What TRL's ``trainer_state`` gives reward functions (for schedules such as a curriculum),
+    counted in GRPO steps: ``global_step`` steps are done, of ``max_steps``."""
+
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+
+
 def score_completions(
-    terms: list[RewardTerm], prompts: list, completions: list, columns: dict[str, list], on_error: str = "fail"
+    terms: list[RewardTerm], prompts: list, completions: list, columns: dict[str, list], on_error: str = "fail",
+    state: TrainerState | None = None,
 ) -> Scores:
     """Run every reward term over the rows.
 
@@ -229,32 +263,33 @@ def score_completions(
     per_reward: dict[str, list[float]] = {}
     extra: dict[str, float] = {}
     # Rewards may report their own figures (e.g. accuracy's verifier timeouts) through log_metric.
-    log_metric = lambda key, value: extra.__setitem__(key, float(value))  # noqa: E731
+    hooks = {"log_metric": lambda key, value: extra.__setitem__(key, float(value)), "trainer_state": state or TrainerState()}
     failures: dict[str, Failures] = {}
+    extra_columns: dict[str, list] = {}
     for term in terms:
         try:
-            per_reward[term.name] = _score_term(term, prompts, completions, columns, log_metric)
+            per_reward[term.name] = _score_term(term, prompts, completions, columns, hooks, extra_columns)
             failures[term.name] = Failures(0, len(term.applies(columns, n)))
         except RewardError as exc:
             if on_error == "fail":
                 raise
-            per_reward[term.name], failures[term.name] = _score_rows_one_by_one(term, prompts, completions, columns, log_metric, exc)
+            per_reward[term.name], failures[term.name] = _score_rows_one_by_one(term, prompts, completions, columns, hooks, exc)
             extra[f"reward_errors/{term.name}"] = float(failures[term.name].failed)
     total = []
     for i in range(n):
         parts = [t.weight * per_reward[t.name][i] for t in terms if not math.isnan(per_reward[t.name][i])]
         total.append(sum(parts))
-    return Scores(per_reward=per_reward, total=total, extra_metrics=extra, failures=failures)
+    return Scores(per_reward=per_reward, total=total, extra_metrics=extra, failures=failures, extra_columns=extra_columns)
 
 
-def _score_rows_one_by_one(term, prompts, completions, columns, log_metric, batch_error: RewardError) -> tuple[list[float], Failures]:
+def _score_rows_one_by_one(term, prompts, completions, columns, hooks, batch_error: RewardError) -> tuple[list[float], Failures]:
     """``on_error="skip"``: score row by row so one bad row costs only itself."""
     n = len(completions)
     values, failures = [math.nan] * n, Failures(first_error=str(batch_error))
     for i in term.applies(columns, n):
         failures.scored += 1
         try:
-            values[i] = _score_term(term, [prompts[i]], [completions[i]], _one(columns, i, n), log_metric)[0]
+            values[i] = _score_term(term, [prompts[i]], [completions[i]], _one(columns, i, n), hooks)[0]
         except RewardError:
             failures.failed += 1
     return values, failures
@@ -280,10 +315,10 @@ def probe_completion(row: dict) -> str:
     return f"<think>\nThe answer is {gold}.\n</think>\n<answer>{gold}</answer>" if gold is not None else "<think>\n</think>\n<answer></answer>"
 
 
-def probe_rewards(terms: list[RewardTerm], rows: list[dict], on_error: str = "fail", sample: int = 2) -> list[str]:
+def probe_rewards(terms: list[RewardTerm], rows: list[dict], on_error: str = "fail", sample: int = 2, max_steps: int = 1) -> list[str]:
     """Call every reward once on the first ``sample`` rows with stand-in completions, before any
     model is loaded, so that a signature or column error shows at once (naming the reward and the
-    column). Raises :class:`RewardError` (``on_error="fail"``); with ``"skip"`` returns the
+    column), as at step 1 of ``max_steps``. Raises :class:`RewardError` (``on_error="fail"``); with ``"skip"`` returns the
     problems as warnings instead. Rewards marked ``probe_at_load = False`` (a reward model, which
     would be loaded for it) are left out."""
     rows = rows[:sample]
@@ -297,7 +332,7 @@ def probe_rewards(terms: list[RewardTerm], rows: list[dict], on_error: str = "fa
         if not getattr(term.fn, "probe_at_load", getattr(getattr(term.fn, "func", None), "probe_at_load", True)):
             continue
         try:
-            _score_term(term, prompts, completions, columns, lambda key, value: None)
+            _score_term(term, prompts, completions, columns, {"log_metric": _ignore, "trainer_state": TrainerState(0, max_steps)})
         except RewardError as exc:
             message = f"{exc} (called at load on {len(rows)} row{'s' if len(rows) > 1 else ''} of the data with stand-in completions)"
             if on_error == "fail":

@@ -39,7 +39,7 @@ from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_j
 from grpo.loss import BatchShape, policy_loss
 from grpo.packed import PackedLinears
 from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine, row_seed
-from grpo.scoring import RewardError, RewardTerm, Scores, reward_inputs, score_completions
+from grpo.scoring import RewardError, RewardTerm, Scores, TrainerState, reward_inputs, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
 TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train")
@@ -174,6 +174,7 @@ class GRPOTrainer:
         self.step_done = 0
         self.nonfinite_steps = 0  # updates skipped for NaN/inf (training stops past max_nonfinite_steps)
         self.failing_steps = 0  # steps in which a reward failed on every row (on_reward_error: skip)
+        self.reward_state = TrainerState(0, config.steps)  # what reward functions get as trainer_state
         self.num_tokens = 0  # cumulative prompt + completion tokens seen (TRL: num_tokens)
 
     # --- setup ----------------------------------------------------------------------------
@@ -224,6 +225,7 @@ class GRPOTrainer:
         cfg, G = self.config, self.config.group_size
         t0 = time.perf_counter()
         torch.manual_seed(step_seed(self.seed, step))
+        self.reward_state = TrainerState(global_step=step - 1, max_steps=cfg.steps, epoch=self.sampler.epoch(step - 1))  # TRL's trainer_state
         batch_rows = [self.rows[i] for i in self.sampler.batch(step)]
         first, batch_rows = self.dist.shard(batch_rows)  # this rank's prompts (all of them in one process)
 
@@ -382,7 +384,7 @@ class GRPOTrainer:
         t1 = time.perf_counter()
         expanded = [r for r in batch_rows for _ in range(G)]
         prompts, completions, columns = reward_inputs(expanded, rollout.texts, rollout.completion_id_lists)
-        scores = score_completions(self.rewards, prompts, completions, columns, cfg.on_reward_error)
+        scores = score_completions(self.rewards, prompts, completions, columns, cfg.on_reward_error, state=self.reward_state)
         return rollout, expanded, scores, {"rollout": t1 - t0, "rewards": time.perf_counter() - t1}
 
     def _check_failing_rewards(self, step: int, scores: Scores) -> None:
@@ -477,6 +479,7 @@ class GRPOTrainer:
                     "advantage": advantages[i].item(),
                     "length": int(rollout.lengths[i]),
                     "truncated": bool(rollout.truncated[i]),
+                    **({"extra": {k: _jsonable(v[i]) for k, v in scores.extra_columns.items()}} if scores.extra_columns else {}),
                 }
             )
         return self.dist.gather(out)
@@ -627,6 +630,15 @@ class GRPOTrainer:
             model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
         return path
+
+
+def _jsonable(value):
+    """``value`` if JSON can hold it, else its text (what a reward logged with log_extra)."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _weighted_mean(pairs: list[tuple[float, int]]) -> float:

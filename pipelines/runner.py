@@ -392,7 +392,7 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
             rows = None  # an earlier stage's output: not there yet
         if stage.kind in ("grpo", "eval", "rejection_sampling") and rows:
             # Each reward called once on a sample of the stage's rows: signature/column errors now.
-            check_rewards_on_data(reward_terms(rewards or recipe.rewards), rows, recipe.grpo.on_reward_error)
+            check_rewards_on_data(reward_terms(rewards or recipe.rewards), rows, recipe.grpo)
         mix = getattr(cfg, "mix", None)
         if mix is not None and not is_stage_ref(mix.data):
             check_data(data_spec(mix.data, None, None, stage.name), True, f"stages.{stage.name}.mix.data")

@@ -123,7 +123,7 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
 
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
-    check_rewards_on_data(terms, rows, config.on_reward_error)  # and a reward's signature/column errors
+    check_rewards_on_data(terms, rows, config)  # and a reward's signature/column errors
     policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device)
     prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
@@ -133,14 +133,14 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
     return trainer.train(resume=resume)
 
 
-def check_rewards_on_data(terms, rows: list[dict], on_error: str) -> None:
+def check_rewards_on_data(terms, rows: list[dict], config: GRPOConfig) -> None:
     """Each reward called once on a sample of the rows (grpo.scoring.probe_rewards): an error
     under ``on_reward_error: fail``, a warning under ``skip``."""
     import sys
 
     from grpo.scoring import probe_rewards
 
-    for problem in probe_rewards(terms, rows, on_error):
+    for problem in probe_rewards(terms, rows, config.on_reward_error, max_steps=config.steps):
         if is_main_process():
             print(f"warning: {problem}", file=sys.stderr)
 
@@ -156,7 +156,7 @@ def dry_run_train(recipe: Recipe, resume: bool = False) -> str:
     cfg = recipe.grpo
     terms = reward_terms(recipe.rewards)
     rows = load_rows(recipe.data.train)
-    check_rewards_on_data(terms, rows, cfg.on_reward_error)
+    check_rewards_on_data(terms, rows, cfg)
     resolved = resolve_model_path(recipe.model)
     run_dir = Path(recipe.run_dir)
     check_run_dir(run_dir, resume)

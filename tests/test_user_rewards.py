@@ -198,6 +198,12 @@ def answer_matches(completions, answer, **kwargs):
 
 def brevity(completions, **kwargs):
     return [np.float32(1.0 / (1 + len(completion[0]["content"]))) for completion in completions]
+
+
+def schedule(completions, trainer_state, log_extra, **kwargs):
+    """TRL's trainer_state (a curriculum's clock) and log_extra (a column of completions.jsonl)."""
+    log_extra("chars", [len(completion[0]["content"]) for completion in completions])
+    return [trainer_state.global_step / trainer_state.max_steps] * len(completions)
 '''
 
 
@@ -212,12 +218,16 @@ def test_5_a_trl_reward_gets_columns_messages_and_may_return_bools_and_numpy(tin
     write(tmp_path / "issue12_trl_rewards.py", TRL_STYLE)
     data = _conversational_gsm8k(tmp_path / "train.jsonl")
     recipe = recipe_dict(tiny_model_dir, tmp_path / "run", data={"train": str(data)},
-                         rewards={"issue12_trl_rewards:answer_matches": 1.0, "issue12_trl_rewards:brevity": 0.1})
+                         rewards={"issue12_trl_rewards:answer_matches": 1.0, "issue12_trl_rewards:brevity": 0.1, "issue12_trl_rewards:schedule": 0.0})
+    recipe["grpo"]["steps"] = 2
     code, out, err = run_cli(["train", str(write_recipe(tmp_path / "r.yaml", recipe))], capsys)
     assert code == 0, err
-    (metrics,) = read_jsonl(tmp_path / "run" / "metrics.jsonl")
-    assert metrics["rewards/issue12_trl_rewards:answer_matches/mean"] == 0.0  # the tiny random model does not add up
-    assert 0 < metrics["rewards/issue12_trl_rewards:brevity/mean"] <= 1
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert all(m["rewards/issue12_trl_rewards:answer_matches/mean"] == 0.0 for m in metrics)  # the tiny random model does not add up
+    assert all(0 < m["rewards/issue12_trl_rewards:brevity/mean"] <= 1 for m in metrics)
+    assert [m["rewards/issue12_trl_rewards:schedule/mean"] for m in metrics] == [0.0, 0.5]  # 0 of 2, then 1 of 2 steps done
+    samples = read_jsonl(tmp_path / "run" / "completions.jsonl")
+    assert all(s["extra"]["chars"] == len(s["completion"]) for s in samples)
 
 
 def test_5_a_column_the_data_lacks_is_named_at_load_before_the_model_loads(tmp_path, elsewhere, importable, monkeypatch, capsys):
