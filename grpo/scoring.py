@@ -239,10 +239,11 @@ def _score_term(term: RewardTerm, prompts, completions, columns, hooks, extra_co
 @dataclass
 class TrainerState:
     """What TRL's ``trainer_state`` gives reward functions (for schedules such as a curriculum),
-    counted in GRPO steps: ``global_step`` steps are done, of ``max_steps``."""
+    counted in GRPO steps: ``global_step`` steps are done, of ``max_steps``. Outside training
+    (evaluation, rejection sampling) it is the default, 0 of 1."""
 
     global_step: int = 0
-    max_steps: int = 0
+    max_steps: int = 1
     epoch: float = 0.0
 
 
