@@ -103,15 +103,16 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> tuple[Ablation
         ablation = from_dict(AblationRecipe, data)
         # Paths written here (base:, and in the inline base and the arms) are relative to this
         # file's folder; those given with --set to the current directory (pipelines/paths.py).
-        resolver = PathResolver(path.parent, overridden)
-        here = str(resolver.base)
+        def under(prefix: str) -> list[str]:  # the --set keys inside one part, relative to it
+            return [k.removeprefix(prefix) for k in overridden if k.startswith(prefix)]
+
+        here = os.path.abspath(path.parent)
+        base_file = None
         if isinstance(ablation.base, str):
-            base_file = resolver.path(ablation.base, "base", True)
+            base_file = PathResolver(path.parent, overridden).path(ablation.base, "base", True)
         else:
-            base_file = None
-            ablation.base = resolve_recipe_paths(copy.deepcopy(ablation.base), path.parent, [k.removeprefix("base.") for k in overridden if k.startswith("base.")])
-        arms = {arm: PathResolver(path.parent, [k.removeprefix(f"arms.{arm}.") for k in overridden if k.startswith(f"arms.{arm}.")]).recipe(copy.deepcopy(o))
-                for arm, o in ablation.arms.items()}
+            ablation.base = resolve_recipe_paths(copy.deepcopy(ablation.base), path.parent, under("base."))
+        arms = {arm: PathResolver(path.parent, under(f"arms.{arm}.")).recipe(copy.deepcopy(o)) for arm, o in ablation.arms.items()}
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     base = read_recipe_dict(base_file) if base_file is not None else ablation.base

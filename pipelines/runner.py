@@ -351,7 +351,6 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
     from grpo.models import resolve_model_path
     from pipelines.recipe import reward_terms
     from pipelines.stages.common import data_spec
-
     from pipelines.train import check_rewards_on_data
 
     runner = Runner(recipe, run_dir)
@@ -390,7 +389,7 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
             rows = check_data(data_spec(data, None, None, stage.name), stage.kind == "sft", f"stages.{stage.name}.data")
         elif data is not None:
             rows = None  # an earlier stage's output: not there yet
-        if stage.kind in ("grpo", "eval", "rejection_sampling") and rows:
+        if hasattr(cfg, "rewards") and rows:  # a kind that scores (grpo, rejection_sampling, eval)
             # Each reward called once on a sample of the stage's rows: signature/column errors now.
             check_rewards_on_data(reward_terms(rewards or recipe.rewards), rows, recipe.grpo)
         mix = getattr(cfg, "mix", None)
