@@ -23,16 +23,20 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps({k: v for k, v in r.items() if k != "completion_ids"}, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None):
-    """Rendered prompts of the stage's data, n samples each, from the init model."""
+def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None, rewards=None):
+    """Rendered prompts of the stage's data, n samples each, from the init model (the rewards
+    that will score them are called once on a sample of the rows first, before the model loads)."""
     from grpo.data import load_rows
     from grpo.evaluation import sample_completions
     from grpo.models import load_model_and_tokenizer
-    from pipelines.train import model_max_positions, prepare_rows
+    from pipelines.recipe import reward_terms
+    from pipelines.train import check_rewards_on_data, model_max_positions, prepare_rows
 
     rows = load_rows(data)
     if max_prompts is not None:
         rows = rows[:max_prompts]
+    if rewards is not None:
+        check_rewards_on_data(reward_terms(rewards), rows, ctx.recipe.grpo)
     model, tokenizer = load_model_and_tokenizer(ctx.init_model, dtype=ctx.recipe.dtype, device=ctx.recipe.device)
     params = sampling.resolved(ctx.recipe.grpo)
     prepared = prepare_rows(rows, template, tokenizer, ctx.recipe.grpo.max_prompt_length,
@@ -121,7 +125,8 @@ class RejectionSamplingStage(Stage):
 
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
-        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
+        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts,
+                          cfg.rewards or ctx.recipe.rewards)
         scored, _ = _scored(ctx, samples, cfg.rewards)
         rules = KeepRules(
             min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
@@ -170,7 +175,8 @@ class EvalStage(Stage):
 
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.eval, ctx.data_path, f"stages.{ctx.name}.data")
-        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
+        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts,
+                          cfg.rewards or ctx.recipe.rewards)
         scored, terms = _scored(ctx, samples, cfg.rewards)
         summary = evaluation_summary(scored, terms)
         summary["model"] = ctx.init_model
