@@ -7,7 +7,8 @@ inherits) has one entry in :data:`TRL_KEYS`, of one of these kinds:
 * ``same``: our key has this name and meaning (``beta``, ``temperature``, ``num_iterations``...).
   A ``convert`` adapts TRL-typed values (``log_completions: true`` → a count).
 * ``alias``: read as our key ``ours``, with a note (``num_generations`` → ``group_size``);
-  ``convert`` maps values and refuses those we do not have (``loss_type: cispo``).
+  ``convert`` maps values and refuses those we do not have (``loss_type: cispo``), or returns
+  :class:`Targets` to set other or several keys of ours for some values.
 * ``refuse``: an error that names our key (``bf16`` → ``dtype``, ``per_device_train_batch_size``
   → ``prompts_per_step``).
 * ``ignore``: settings that change nothing here whatever their value (data-loader workers,
@@ -27,7 +28,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["TrlKey", "TRL_KEYS", "TRL_SCRIPT_KEYS", "translate_trl_keys", "top_level_hint", "note"]
+__all__ = ["TrlKey", "Targets", "TRL_KEYS", "TRL_SCRIPT_KEYS", "translate_trl_keys", "top_level_hint", "note"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class TrlKey:
     why: str = ""  # one line: what TRL's setting is, and what to write here
     convert: Callable[[Any], Any] | None = None  # TRL value -> ours; raises ValueError("...") to refuse a value
     noop: tuple = ()  # values that ask for what happens here anyway (TRL's "off"): accepted and dropped
+
+
+class Targets(dict):
+    """What a ``convert`` returns to set other keys than the entry's ``ours``, or several:
+    ``Targets({"policy_loss": "cispo"})`` (a TRL value whose meaning lives in another of our keys)."""
 
 
 def same(convert=None, why: str = "") -> TrlKey:
@@ -393,19 +399,23 @@ def translate_trl_keys(section: dict, path: str) -> dict:
             continue
         if entry.kind == "refuse":
             raise ConfigError(f"{where}: TRL's setting, not available as such: {entry.why}")
-        target = key if entry.kind == "same" else entry.ours.removeprefix("grpo.")
-        if entry.kind == "alias" and target in section:
-            raise ConfigError(f"{where}: TRL's name for {here}{target}, which is also given; keep {target}")
         try:
             converted = entry.convert(value) if entry.convert is not None else value
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
-        out[target] = converted
-        if entry.kind == "alias":
-            extra = f"; {entry.why}" if entry.why else ""
-            note(f"{where} is TRL's name: read as {here}{target}: {converted!r}{extra}")
-        elif not _same_value(converted, value):
-            note(f"{where}: {value!r} read as {converted!r} ({entry.why})")
+        if entry.kind == "same":
+            out[key] = converted
+            if not _same_value(converted, value):
+                note(f"{where}: {value!r} read as {converted!r} ({entry.why})")
+            continue
+        targets = converted if isinstance(converted, Targets) else {entry.ours.removeprefix("grpo."): converted}
+        for target, ours in targets.items():
+            if target in section:
+                raise ConfigError(f"{where}: TRL's name for {here}{target}, which is also given; keep {target}")
+            out[target] = ours
+        extra = f"; {entry.why}" if entry.why else ""
+        read = ", ".join(f"{here}{t}: {v!r}" for t, v in targets.items())
+        note(f"{where} is TRL's name: read as {read}{extra}")
     return out
 
 

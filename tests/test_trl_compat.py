@@ -172,3 +172,14 @@ def test_a_stage_grpo_section_takes_trl_names_too(tmp_path):
     plan_stages(recipe)
     assert stage_grpo_config(recipe, recipe.stages[0]["grpo"], "stages[0].grpo").group_size == 4
     assert recipe.stages[0]["rewards"] == {"accuracy": 1.0, "format": 0.5}
+
+
+def test_a_value_can_set_other_or_several_keys_of_ours(monkeypatch, capsys):
+    # How an entry points one TRL value at another key of ours (e.g. loss_type: cispo at a policy-loss key).
+    from grpo.trl_compat import Targets, TrlKey
+
+    both = Targets({"loss_aggregation": "dapo", "mask_truncated_completions": True})
+    monkeypatch.setitem(TRL_KEYS, "loss_type", TrlKey("alias", "grpo.loss_aggregation", "", lambda v: both if v == "dapo_masked" else v))
+    cfg = from_dict(GRPOConfig, {"loss_type": "dapo_masked"}, "grpo")
+    assert (cfg.loss_aggregation, cfg.mask_truncated_completions) == ("dapo", True)
+    assert "read as grpo.loss_aggregation: 'dapo', grpo.mask_truncated_completions: True" in capsys.readouterr().err
