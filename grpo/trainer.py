@@ -182,11 +182,16 @@ class GRPOTrainer:
     def _prepare_model(self, model):
         lora = self.config.lora
         if lora is not None:
+            import warnings
+
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(
-                model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
-            )
+            with warnings.catch_warnings():
+                # peft reads a property transformers 5 deprecated; nothing a user can act on.
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                model = get_peft_model(
+                    model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+                )
         if self.config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
