@@ -222,16 +222,22 @@ def _import_from_folder(top: str, local: Path) -> None:
     """Make ``import top`` give the module at ``local``."""
     if _forget_if_elsewhere(top, local):
         return
-    spec = importlib.machinery.PathFinder.find_spec(top, [str(local.parent)])
+    _execute(importlib.machinery.PathFinder.find_spec(top, [str(local.parent)]), top, top)
+
+
+def _execute(spec, name: str, label: str) -> ModuleType:
+    """Run the module of ``spec`` as ``sys.modules[name]`` (removed again if its code fails);
+    errors name ``label`` (the module name, or the file's path)."""
     if spec is None or spec.loader is None:
-        raise UserCodeError(f"cannot import '{local}'")
+        raise UserCodeError(f"cannot load '{label}' as a Python module")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[top] = module
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:
-        del sys.modules[top]
-        raise _import_error(top, exc) from exc
+        del sys.modules[name]
+        raise _import_error(label, exc) from exc
+    return module
 
 
 def _load_file(path: Path) -> ModuleType:
@@ -245,16 +251,7 @@ def _load_file(path: Path) -> ModuleType:
     if name in sys.modules and _FILE_STAMPS.get(name) == stamp:
         return sys.modules[name]
     add_user_dirs([path.parent])  # so the file can import its neighbours
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise UserCodeError(f"cannot load '{path}' as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException as exc:
-        del sys.modules[name]
-        raise _import_error(str(path), exc) from exc
+    module = _execute(importlib.util.spec_from_file_location(name, path), name, str(path))
     _FILE_STAMPS[name] = stamp
     return module
 
