@@ -34,6 +34,7 @@ import torch
 
 from grpo.advantages import compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
+from grpo.distill import check_same_vocabulary, reverse_kl, reverse_kl_advantages
 from grpo.distributed import DataParallel
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
 from grpo.loss import BatchShape, policy_loss
@@ -154,16 +155,22 @@ class GRPOTrainer:
         output_dir: str | Path,
         seed: int = 0,
         ref_model=None,
+        on_step=None,
+        teacher=None,
     ):
         if not rewards:
             raise ValueError("rewards: at least one reward function is needed")
         self.config, self.tokenizer, self.rewards, self.rows = config, tokenizer, rewards, rows
         self.seed, self.output_dir = seed, Path(output_dir)
+        # on_step(step, metrics, samples): called on rank 0 after each step's lines are written
+        # (experiment trackers, grpo/tracking.py); the step itself knows nothing of it.
+        self.on_step = on_step
         torch.manual_seed(seed)  # LoRA initialisation draws from the global RNG
         self.model = self._prepare_model(model)
         self.device = next(self.model.parameters()).device
         self.dist = DataParallel.from_environment(config, self.model)  # rank, world size, collectives
         self.ref_model = self._prepare_reference(ref_model)
+        self.teacher = self._prepare_teacher(teacher)  # on-policy distillation (grpo/distill.py), or None
         self.sampler = PromptSampler(len(rows), config.prompts_per_step, seed)
         self.engine = get_rollout_engine(config.rollout_engine, self.model, tokenizer)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -210,6 +217,15 @@ class GRPOTrainer:
         # the copy we made keeps only the packed weights (no extra memory).
         self.ref_packed = PackedLinears(ref_model, release=ours)
         return ref_model
+
+    def _prepare_teacher(self, teacher):
+        if teacher is None:
+            return None
+        if teacher.tokenizer is not None:  # its log-probabilities of our token ids must mean the same tokens
+            check_same_vocabulary(self.tokenizer, teacher.tokenizer, teacher.model.get_output_embeddings().weight.shape[0])
+        teacher.model.eval().requires_grad_(False)
+        self.teacher_packed = PackedLinears(teacher.model)
+        return teacher
 
     def _lr_factor(self, opt_step: int) -> float:
         cfg = self.config
@@ -277,11 +293,17 @@ class GRPOTrainer:
             ref_logp = None
             if cfg.beta != 0.0:
                 ref_logp = torch.cat([self._reference_logprobs(rollout, c, shared) for c in chunks])
+            teacher_logp = None
+            if self.teacher is not None:  # the teacher scores every token the student sampled
+                with self.teacher_packed:
+                    teacher_logp = torch.cat(
+                        [completion_logprobs(self.teacher.model, rollout, c, cfg.temperature, group_size=shared)[0] for c in chunks]
+                    )
 
         # 6. μ optimisation passes over this batch of rollouts.
         self.model.train()
         losses, kls, clip = [], [], {"low": [], "high": [], "region": []}
-        entropies, grad_norms = [], []
+        entropies, grad_norms, distill_kl = [], [], []
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             pass_loss = 0.0
@@ -289,10 +311,19 @@ class GRPOTrainer:
                 logp, entropy = completion_logprobs(
                     self.model, rollout, c, cfg.temperature, with_entropy=not entropies, group_size=shared
                 )
+                chunk_advantages = advantages[c]
+                if teacher_logp is not None:  # per-token: −λ_KL·(log π_old − log π_T − r̄) + λ_R·A_i
+                    sampler_logp = logp if old_logp is None else old_logp[c]
+                    chunk_advantages = reverse_kl_advantages(
+                        sampler_logp, teacher_logp[c], loss_mask[c], advantages[c],
+                        self.teacher.kl_weight, self.teacher.reward_weight, self.teacher.baseline,
+                    )
+                    m = rollout.completion_mask[c].float()
+                    distill_kl.append((((reverse_kl(sampler_logp.detach(), teacher_logp[c]) * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
                 loss, stats = policy_loss(
                     logp,
                     None if old_logp is None else old_logp[c],
-                    advantages[c],
+                    chunk_advantages,
                     loss_mask[c],
                     epsilon_low=cfg.epsilon_low,
                     epsilon_high=cfg.epsilon_high,
@@ -352,6 +383,8 @@ class GRPOTrainer:
         metrics.update(refill)
         if kls:
             metrics["kl"] = _weighted_mean(kls)
+        if distill_kl:  # mean per-token reverse KL(student ‖ teacher) on the sampled tokens
+            metrics["distill/reverse_kl"] = _weighted_mean(self.dist.gather(distill_kl))
         metrics.update(
             {
                 "loss": sum(losses) / len(losses) if losses else None,
@@ -519,6 +552,8 @@ class GRPOTrainer:
                 for row in sample:
                     append_jsonl(samples_path, row)
                 append_jsonl(metrics_path, metrics)
+                if self.on_step is not None:
+                    self.on_step(step, metrics, sample)
             history.append(metrics)
             self.step_done = step
             if step % cfg.save_every == 0 or step == cfg.steps:

@@ -86,7 +86,7 @@ def whole_steps(what: str) -> Callable[[Any], Any]:
 
 # Shared reasons, so a group of keys says the same thing.
 _HUB = "nothing is pushed to the Hugging Face Hub: the trained model is written to <output_dir>/final"
-_REPORT = "metrics go to <output_dir>/metrics.jsonl and curves.png (no wandb/tensorboard/trackio reporting)"
+_REPORT = "experiment trackers are the recipe's top-level report_to (tensorboard, trackio, wandb, mlflow; settings in tracking:)"
 _EVAL = "evaluation is a stage of a staged recipe (stages: ... kind: eval, with samples_per_prompt), run by `grpo run`"
 _LOGGING = "every step is logged to <output_dir>/metrics.jsonl; the progress bar is grpo.progress"
 _LOADER = "there is no data loader: the rows are in memory and each step draws grpo.prompts_per_step of them"
@@ -273,12 +273,12 @@ TRL_KEYS: dict[str, TrlKey] = {
     "log_level": ignore("grpo.progress", _LOGGING),
     "log_level_replica": ignore("grpo.progress", _LOGGING),
     "disable_tqdm": TrlKey("alias", "grpo.progress", "inverted: progress: false hides the bar", lambda v: not v, (None,)),
-    "report_to": refuse("output_dir", _REPORT, "none", None, [], "None"),
+    "report_to": refuse("report_to", _REPORT + "; write it there", "none", None, [], "None"),
     "run_name": refuse("name", "the run is named by the recipe's name", None),
-    "project": refuse("output_dir", _REPORT, "huggingface"),
-    "trackio_space_id": refuse("output_dir", _REPORT, None, "trackio"),
-    "trackio_bucket_id": refuse("output_dir", _REPORT, None),
-    "trackio_static_space_id": refuse("output_dir", _REPORT, None),
+    "project": refuse("tracking.project", "the trackers' project is the recipe's tracking.project (default: the recipe's name)", "huggingface"),
+    "trackio_space_id": refuse("report_to", _REPORT + "; runs are logged locally, not to a Space", None, "trackio"),
+    "trackio_bucket_id": refuse("report_to", _REPORT + "; runs are logged locally", None),
+    "trackio_static_space_id": refuse("report_to", _REPORT + "; runs are logged locally", None),
     "eval_strategy": refuse("stages", _EVAL, "no"),
     "eval_steps": ignore("stages", _EVAL),
     "eval_delay": ignore("stages", _EVAL),
@@ -398,7 +398,7 @@ def translate_trl_keys(section: dict, path: str) -> dict:
             note(f"{where}: {value!r} is what happens here anyway; ignored" + (f" ({entry.why})" if entry.why else ""))
             continue
         if entry.kind == "refuse":
-            raise ConfigError(f"{where}: TRL's setting, not available as such: {entry.why}")
+            raise ConfigError(f"{where}: TRL's setting; {entry.why}")
         try:
             converted = entry.convert(value) if entry.convert is not None else value
         except ValueError as exc:

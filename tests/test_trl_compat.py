@@ -150,7 +150,7 @@ def test_values_are_translated(key, value, expect):
         ({"lr_scheduler_type": "polynomial"}, "grpo.lr_scheduler_type: 'polynomial': not available here; grpo.lr_scheduler takes"),
         ({"save_steps": 0.1}, "grpo.save_steps: 0.1 is a ratio of the run in TRL; give save_steps as a number of steps"),
         ({"num_generations": 4, "group_size": 4}, "grpo.num_generations: TRL's name for grpo.group_size, which is also given; keep group_size"),
-        ({"report_to": "wandb"}, "grpo.report_to: TRL's setting, not available as such: metrics go to <output_dir>/metrics.jsonl"),
+        ({"report_to": "wandb"}, "grpo.report_to: TRL's setting; experiment trackers are the recipe's top-level report_to"),
         ({"importance_sampling_level": "sequence"}, "sequence-level ratios (GSPO) are not available"),
         ({"vllm_importance_sampling_correction": True}, "grpo.vllm_importance_sampling_correction: TRL's setting"),
     ],
