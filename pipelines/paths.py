@@ -1,7 +1,7 @@
 """Relative paths in recipes: read against the folder of the file they are written in.
 
-One rule, everywhere a recipe names a file or folder (``data`` sources, ``model`` and a stage's
-``init``, a reward model's ``model``, an ablation's ``base:``, ``imports``, ``code_dirs``, reward
+One rule, everywhere a recipe names a file or folder (``data`` sources, ``model``, a stage's
+``init`` and other models (``teacher``), a reward model's ``model``, an ablation's ``base:``, ``imports``, ``code_dirs``, reward
 files ``path/to/file.py:function``): a relative path written in a recipe file is relative to
 that file's folder; one given with ``--set`` is relative to the current directory. Paths are
 made absolute when the recipe is read, so every later message names the absolute path tried,
@@ -145,8 +145,9 @@ class PathResolver:
             if not isinstance(stage, dict):
                 continue
             where = f"{prefix}stages.{i}"
-            if "init" in stage:
-                stage["init"] = self.model(stage["init"], f"{where}.init")
+            for key in ("init", *_model_keys(stage.get("kind"))):  # and a kind's other models (distill's teacher)
+                if key in stage:
+                    stage[key] = self.model(stage[key], f"{where}.{key}")
             if "data" in stage:
                 stage["data"] = self.data_spec(stage["data"], f"{where}.data")
             if isinstance(stage.get("mix"), dict) and "data" in stage["mix"]:
@@ -165,6 +166,13 @@ def resolve_recipe_paths(data: dict, base: Path, overridden: list[str] = ()) -> 
     if dirs is None or isinstance(dirs, list):
         data["code_dirs"] = _unique([str(resolver.base), *(dirs or [])])
     return data
+
+
+def _model_keys(kind) -> tuple[str, ...]:
+    """The keys of a stage kind, besides ``init``, that name a model (``model_refs``)."""
+    from pipelines.stages import STAGE_KINDS
+
+    return getattr(STAGE_KINDS.get(kind), "model_refs", ()) if isinstance(kind, str) else ()
 
 
 def _unique(items: list) -> list:
