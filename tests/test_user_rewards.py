@@ -110,7 +110,7 @@ def test_1_a_missing_module_says_where_it_looked(tmp_path, elsewhere):
 def test_2_a_user_rewards_py_never_hides_ours(tmp_path, elsewhere, capsys):
     write(tmp_path / "rewards.py", "def short(completions, **kwargs):\n    return [1.0] * len(completions)\n")
     recipe = write_recipe(tmp_path / "r.yaml", recipe_dict("smollm2-135m-instruct", tmp_path / "run", rewards={"rewards:short": 1.0}))
-    code, _, err = run_cli(["train", str(recipe), "--dry-run"], capsys)
+    code, _, err = run_cli(["train", str(recipe)], capsys)
     assert code == 2 and err.count("\n") == 1
     assert f"'{tmp_path / 'rewards.py'}' has the same name as the toolkit's module 'rewards'" in err and "rename it" in err
     # Named by path it loads under a private name, whatever the file is called.
