@@ -47,13 +47,16 @@ class PackedLinears:
 
     @staticmethod
     def supported(model: torch.nn.Module) -> bool:
-        """CPU, float32 weights, and a torch build with the oneDNN linear ops."""
+        """Whole (not FSDP-sharded) float32 weights on the CPU, and a torch build with the oneDNN linear ops."""
         try:
             param = next(model.parameters())
         except StopIteration:
             return False
+        from torch.distributed.tensor import DTensor
+
         return (
-            param.device.type == "cpu"
+            not isinstance(param, DTensor)  # FSDP shards (outside a gathered rollout): not whole weights
+            and param.device.type == "cpu"
             and param.dtype == torch.float32
             and torch.backends.mkldnn.is_available()
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")

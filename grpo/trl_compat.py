@@ -91,7 +91,7 @@ _EVAL = "evaluation is a stage of a staged recipe (stages: ... kind: eval, with 
 _LOGGING = "every step is logged to <output_dir>/metrics.jsonl; the progress bar is grpo.progress"
 _LOADER = "there is no data loader: the rows are in memory and each step draws grpo.prompts_per_step of them"
 _PROCESSES = "data-parallel runs are `grpo train --num-processes N` (or accelerate launch; docs/distributed.md)"
-_NO_FSDP = "FSDP and DeepSpeed are not supported yet; data-parallel (DDP) runs are `grpo train --num-processes N`"
+_FSDP = "several processes share the policy by the recipe's distributed: section (strategy: ddp | fsdp, cpu_offload, reshard_after_forward) with `grpo train --num-processes N` (docs/distributed.md)"
 _CHECKPOINTS = "checkpoints are written every grpo.save_every steps and hold what --resume needs"
 _RESUME = "continue a run with `grpo train --resume` (from its last complete checkpoint, drawing the same prompts)"
 _ADAMW = "the optimiser is AdamW (torch), set by grpo.learning_rate, adam_beta1, adam_beta2 and weight_decay"
@@ -142,7 +142,9 @@ TRL_KEYS: dict[str, TrlKey] = {
     "num_generations": alias("grpo.group_size"),
     "num_generations_eval": refuse("stages", _EVAL, None),
     "max_completion_length": alias("grpo.max_new_tokens"),
-    "ds3_gather_for_generation": refuse("--num-processes", _NO_FSDP, True),
+    "ds3_gather_for_generation": refuse(
+        "distributed.rollout_weights", "FSDP rollouts gather every layer at once (distributed.rollout_weights: gathered, the default); false is distributed.rollout_weights: per_layer", True
+    ),
     "shuffle_dataset": refuse("seed", "each step draws its prompts in a random order fixed by seed", True),
     "pad_to_multiple_of": ignore(None, "padding is the rollout engine's"),
     "generation_batch_size": refuse("grpo.prompts_per_step", _STEP_BATCH, None),
@@ -296,7 +298,7 @@ TRL_KEYS: dict[str, TrlKey] = {
     "save_only_model": refuse("--resume", _CHECKPOINTS, False),
     "save_strategy": refuse("grpo.save_every", _CHECKPOINTS, "steps"),
     "save_steps": alias("grpo.save_every", whole_steps("save_steps")),
-    "save_on_each_node": ignore("grpo.save_every", _CHECKPOINTS + " (by the first process)"),
+    "save_on_each_node": ignore("grpo.save_every", _CHECKPOINTS + " (every process writes its shards into the one directory)"),
     "save_total_limit": TrlKey("alias", "grpo.keep_checkpoints", "", None, (None,)),
     "enable_jit_checkpoint": refuse("grpo.save_every", _CHECKPOINTS, False),
     "push_to_hub": refuse("output_dir", _HUB, False),
@@ -330,11 +332,11 @@ TRL_KEYS: dict[str, TrlKey] = {
     "ddp_static_graph": ignore("--num-processes", _PROCESSES),
     "ddp_backend": ignore("--num-processes", _PROCESSES + " (gloo on CPU, NCCL on GPUs)"),
     "ddp_timeout": ignore("--num-processes", _PROCESSES),
-    "fsdp": refuse("--num-processes", _NO_FSDP, None, "", [], False),
-    "fsdp_config": refuse("--num-processes", _NO_FSDP, None, {}),
-    "deepspeed": refuse("--num-processes", _NO_FSDP, None),
+    "fsdp": refuse("distributed.strategy", "write distributed: {strategy: fsdp} (FSDP2, each decoder layer sharded); " + _FSDP, None, "", [], False),
+    "fsdp_config": refuse("distributed", _FSDP, None, {}),
+    "deepspeed": refuse("distributed.strategy", "DeepSpeed is not one of the engines; " + _FSDP, None),
     "debug": ignore(None, "no Trainer debug modes"),
-    "skip_memory_metrics": ignore(None, "no Trainer memory metrics"),
+    "skip_memory_metrics": ignore(None, "memory figures (memory/params_mib, grads_mib, optimizer_mib, cuda_peak_mib) are in every step's metrics"),
     "do_train": ignore(None, "`grpo train` trains"),
     "do_eval": refuse("stages", _EVAL, False),
     "do_predict": refuse("stages", _EVAL, False),

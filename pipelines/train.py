@@ -15,7 +15,7 @@ import yaml
 
 from grpo.config import GRPOConfig
 from grpo.data import DataError, DataSpec, load_rows
-from grpo.distributed import is_main_process
+from grpo.launch import DistributedSettings, is_main_process
 from grpo.io import atomic_write_text, check_writable
 from grpo.schema import ConfigError, to_dict
 from grpo.templates import TemplateSpec, render_prompts
@@ -117,17 +117,23 @@ def format_summary(summary: dict) -> str:
 
 def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
              seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, on_step=None,
-             teacher: dict | None = None):
+             teacher: dict | None = None, distributed: DistributedSettings | None = None):
     """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult.
     ``on_step``: the trainer's per-step hook (experiment trackers). ``teacher``: on-policy
-    distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R, "baseline": bool}`` (grpo/distill.py)."""
-    from grpo.models import load_model_and_tokenizer
+    distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R, "baseline": bool}`` (grpo/distill.py).
+    ``distributed``: how several processes share the policy (grpo/launch.py)."""
+    from grpo.launch import launched_world_size
+    from grpo.models import _resolve_device, load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
+    distributed = distributed or DistributedSettings()
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
     check_rewards_on_data(terms, rows, config)  # and a reward's signature/column errors
-    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device)
+    target = _resolve_device(device)
+    # FSDP moves each rank's shards to its device: the whole model never has to fit on one GPU.
+    sharded = launched_world_size() > 1 and distributed.resolved_strategy() == "fsdp"
+    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device="cpu" if sharded else target)
     prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
     if prepared.report() and is_main_process():
@@ -136,10 +142,11 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
     if teacher is not None:
         from grpo.distill import Teacher
 
-        teacher_model, teacher_tokenizer = load_model_and_tokenizer(teacher["model"], dtype=dtype, device=device)
+        teacher_model, teacher_tokenizer = load_model_and_tokenizer(teacher["model"], dtype=dtype, device="cpu" if sharded else target)
         distill = Teacher(teacher_model, teacher_tokenizer, teacher.get("kl_weight", 1.0), teacher.get("reward_weight", 0.0),
                           teacher.get("baseline", True))
-    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill)
+    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill,
+                          distributed=distributed, device=target)
     return trainer.train(resume=resume)
 
 
@@ -215,7 +222,7 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
     try:
         result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
                           config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume,
-                          on_step=trackers.on_step if trackers else None)
+                          on_step=trackers.on_step if trackers else None, distributed=recipe.distributed)
     finally:
         if trackers:
             trackers.finish()
