@@ -1,7 +1,8 @@
 """GRPOConfig: every knob of the GRPO trainer, documented where it is defined.
 
-Names follow TRL's ``GRPOConfig`` where it has one (``num_generations`` is our ``group_size``,
-``loss_type`` our ``loss_aggregation``, ``num_iterations`` is μ), so recipes read familiar.
+Names follow TRL's ``GRPOConfig`` where they mean the same (``beta``, ``num_iterations`` is μ,
+``temperature``); TRL's other names are read through :mod:`grpo.trl_compat` (``num_generations``
+is our ``group_size``, ``loss_type`` our ``loss_aggregation``) or refused naming our key.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class GRPOConfig:
 
     on_reward_error: Literal["fail", "skip"] = "fail"  # a reward that raises / returns garbage: stop, or score None and count
     max_nonfinite_steps: int = 3  # optimiser steps skipped for NaN/inf loss or gradients before training stops
+    max_failing_steps: int = 3  # with on_reward_error: skip, steps in which a reward fails on every row before training stops
 
     # --- optimisation -----------------------------------------------------------------------
     learning_rate: float = 1e-6
@@ -110,6 +112,13 @@ class GRPOConfig:
             value = getattr(self, name)
             if value not in registry:
                 raise ValueError(f"{name}: expected one of {', '.join(map(repr, registry))}, got {value!r}")
+
+    @classmethod
+    def prepare_dict(cls, data: dict, path: str) -> dict:
+        """TRL's GRPOConfig names read as ours, or refused naming ours (grpo/trl_compat.py)."""
+        from grpo.trl_compat import translate_trl_keys
+
+        return translate_trl_keys(data, path)
 
     @property
     def rows_per_step(self) -> int:

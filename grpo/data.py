@@ -6,8 +6,15 @@
 * ``solution``: the gold answer, reduced to its final value by
   :func:`rewards.answers.extract_gold_answer` (GSM8K's ``"... #### 1,234"`` becomes ``"1234"``),
 
-plus every other column of the source (``language``, ``task``, ``numbers``, ...). The result is
-a pure function of the spec: same spec, same rows in the same order.
+plus every column of the source under its own name (``answer``, ``language``, ``task``,
+``numbers``, ...): mapping a column to ``prompt`` or ``solution`` adds those, it never removes the
+original, so a reward reads ``answer`` as TRL would give it. A conversational prompt (a list of
+chat messages) gives ``prompt`` the text of its last user message (for the template) and keeps
+the messages in ``prompt_messages``; such rows' completions reach the rewards as message lists.
+The result is a pure function of the spec: same spec, same rows in the same order.
+
+Errors and warnings that point at a row of a line-based file (``.jsonl``, ``.csv``, ``.tsv``) give
+its line number, counting from 1; other sources give the row's position, counting from 1.
 
 Sources (``DataSpec.source``):
 
@@ -51,6 +58,7 @@ __all__ = [
     "resolve_source",
     "list_data_sources",
     "shared_data_dir",
+    "looks_like_path",
     "PROMPT_COLUMNS",
     "SOLUTION_COLUMNS",
     "SYNTHETIC_PREFIX",
@@ -76,6 +84,10 @@ _FORMATS: dict[str, tuple[str, dict]] = {
 }
 _COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
 _CHUNK = 1000  # rows materialised from an Arrow dataset at a time
+#: Column holding a conversational row's prompt messages (as the data had them).
+MESSAGES_COLUMN = "prompt_messages"
+# A shuffled dataset's rows carry their position in the source here, for messages (never kept).
+_SOURCE_ROW = "__source_row__"
 
 
 class DataError(ValueError):
@@ -265,9 +277,10 @@ def load_rows(spec: DataSpec) -> list[dict]:
     dataset = _load_dataset(spec)
     if len(dataset) == 0:
         raise DataError(f"data source {spec.source!r} (split {spec.split!r}) has no rows")
+    names = list(dataset.column_names)
     if spec.shuffle:
-        dataset = dataset.shuffle(seed=spec.seed, keep_in_memory=True)
-    return list(_normalise(_iter_rows(dataset), list(dataset.column_names), spec, extract=spec.extract_gold))
+        dataset = dataset.add_column(_SOURCE_ROW, list(range(len(dataset)))).shuffle(seed=spec.seed, keep_in_memory=True)
+    return list(_normalise(_iter_rows(dataset), names, spec, extract=spec.extract_gold))
 
 
 #: Columns tried, in order, for an SFT target when ``columns`` does not map ``completion``.
@@ -306,7 +319,7 @@ def load_sft_rows(spec: DataSpec) -> list[dict]:
                         )
                     row[target] = row.pop(found)
             if not isinstance(row["prompt"], str) or not isinstance(row["completion"], str):
-                raise DataError(f"data source {spec.source!r}: row {index}: prompt and completion must be text")
+                raise DataError(f"data source {spec.source!r}: {_row_locator(spec)(index)}: prompt and completion must be text")
         if spec.language is not None and not row.get("language"):
             row["language"] = spec.language
         rows.append(row)
@@ -356,6 +369,9 @@ def _looks_like_path(source: str) -> bool:
     return _format_of(Path(source)) is not None
 
 
+looks_like_path = _looks_like_path
+
+
 def _load_dataset(spec: DataSpec):
     """A ``datasets.Dataset`` for a local file/directory or a hub id."""
     import datasets
@@ -366,7 +382,7 @@ def _load_dataset(spec: DataSpec):
     if path.is_file():
         return _load_file(path, spec)
     if _looks_like_path(spec.source):
-        raise FileNotFoundError(f"data file {spec.source!r} does not exist")
+        raise FileNotFoundError(f"data file '{path.absolute()}' does not exist")
     # A hub dataset id: only this branch may touch the network.
     try:
         return datasets.load_dataset(spec.source, spec.subset, split=spec.split)
@@ -421,8 +437,79 @@ def _load_file(path: Path, spec: DataSpec):
         # parser's own complaint, without the builder's preamble, on one line.
         reason = " ".join(str(exc.__cause__ or exc).split())
         reason = re.sub(r"^.*? with error <class '[^']*'>: ", "", reason)
+        if suffix == ".jsonl":
+            reason = _jsonl_problem(path, reason)
         reason = reason if len(reason) <= 200 else reason[:197] + "..."
         raise DataError(f"data file '{path}' cannot be read as {suffix[1:]}: {reason}") from exc
+
+
+def _open_text(path: Path):
+    """A (possibly gzip/bz2/xz-compressed) text file, or None for a format we cannot open here."""
+    opener = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}.get(path.suffix.lower())
+    if path.suffix.lower() == ".zst":
+        return None
+    if opener:
+        import importlib
+
+        return importlib.import_module(opener).open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _data_lines(path: Path, skip_header: bool = False) -> list[int]:
+    """The 1-based line numbers of a file's non-blank lines (its rows), the header left out."""
+    handle = _open_text(path)
+    if handle is None:
+        return []
+    with handle:
+        lines = [number for number, line in enumerate(handle, start=1) if line.strip()]
+    return lines[1:] if skip_header else lines
+
+
+def _jsonl_problem(path: Path, reason: str) -> str:
+    """The parser's complaint with its line: the first line that is not JSON (its own message),
+    else the parser's "in row K" (rows counted from 0, blank lines skipped) as a line number."""
+    import json
+
+    handle = _open_text(path)
+    if handle is not None:
+        with handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as exc:
+                    return f"line {number}: {exc.msg} (column {exc.colno})"
+    match = re.search(r" in row (\d+)$", reason)
+    if match and path.stat().st_size < 10 << 20:  # the parser counts within blocks of this size
+        lines = _data_lines(path)
+        row = int(match.group(1))
+        if row < len(lines):
+            return f"line {lines[row]}: {reason[: match.start()]}"
+    return reason
+
+
+def _row_locator(spec: DataSpec) -> Callable[[int], str]:
+    """Where source row ``index`` (0-based, in the source's order) is, for messages: ``line N``
+    of a line-based file, else ``row N`` (both counted from 1)."""
+    path = Path(spec.source).expanduser()
+    fmt = _format_of(path) if not spec.is_synthetic and path.is_file() else None
+    if fmt not in (".jsonl", ".csv", ".tsv"):
+        return lambda index: f"row {index + 1}"
+    header = False
+    if fmt in (".csv", ".tsv"):
+        header = spec.header
+        if header is None:
+            first = _first_line_fields(path, "\t" if fmt == ".tsv" else ",", csv.QUOTE_NONE if fmt == ".tsv" else None)
+            header = not (first and _is_number(first[-1]))
+    lines: list[int] = []
+
+    def locate(index: int) -> str:
+        if not lines:
+            lines.extend(_data_lines(path, skip_header=header))
+        return f"line {lines[index]}" if index < len(lines) else f"row {index + 1}"
+
+    return locate
 
 
 def _first_line_fields(path: Path, sep: str, quoting: int | None) -> list[str]:
@@ -537,25 +624,30 @@ def _normalise(rows, names: list[str], spec: DataSpec, extract: bool):
     kept = seen = skipped = 0
     bad: list[tuple[int, Any]] = []
     solution_column = next((k for k, v in plan.items() if v == "solution"), "solution")
+    locate = _row_locator(spec)
     out = []
     for index, raw in enumerate(rows):
         if spec.size is not None and kept >= spec.size:
             break
         seen += 1
-        row = {k: v for k, v in raw.items() if k not in plan and k not in plan.values()}
+        source_index = raw.pop(_SOURCE_ROW, index)
+        row = dict(raw)  # every column under its own name; the mapping adds prompt/solution
         for source_column, target in plan.items():
             row[target] = raw[source_column]
-        prompt = _as_prompt(row["prompt"])
+        original = row["prompt"]
+        prompt = _as_prompt(original)
         if not isinstance(prompt, str):
             raise DataError(
-                f"data source {spec.source!r}: row {index}: prompt must be text, got {type(prompt).__name__}"
+                f"data source {spec.source!r}: {locate(source_index)}: prompt must be text or chat messages, got {type(prompt).__name__}"
             )
         row["prompt"] = prompt
+        if isinstance(original, list):
+            row[MESSAGES_COLUMN] = original
         gold = _as_text(row["solution"])
         if gold is not None and extract:
             gold = extract_gold_answer(gold)
         if gold is None:
-            bad.append((index, row["solution"]))
+            bad.append((source_index, row["solution"]))
             continue
         row["solution"] = gold
         if skipped < spec.skip:
@@ -570,18 +662,18 @@ def _normalise(rows, names: list[str], spec: DataSpec, extract: bool):
     if not out and skipped and skipped == spec.skip:
         raise DataError(f"data source {spec.source!r}: skip: {spec.skip} leaves no rows (it has {skipped} usable rows)")
     if bad:
-        first_index, first_value = bad[0]
+        first_index, first_value = min(bad, key=lambda item: item[0])
         example = repr(first_value)
         example = example if len(example) <= 60 else example[:57] + "..."
         if not out:
             raise DataError(
                 f"data source {spec.source!r}: none of the {seen} gold answers in column {solution_column!r} "
-                f"could be parsed (row {first_index}: {example}); map the right column with columns: "
+                f"could be parsed ({locate(first_index)}: {example}); map the right column with columns: "
                 f"or set extract_gold: false"
             )
         warnings.warn(
             f"data source {spec.source!r}: skipped {len(bad)} of {seen} rows whose gold answer in column "
-            f"{solution_column!r} could not be parsed (first: row {first_index}: {example})",
+            f"{solution_column!r} could not be parsed (first: {locate(first_index)}: {example})",
             stacklevel=3,
         )
     return out

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from grpo.rollout import SamplingParams, get_rollout_engine
-from grpo.scoring import RewardTerm, score_completions
+from grpo.scoring import MESSAGES_COLUMN, RewardTerm, score_completions
 from rewards.answers import extract_completion_answer, last_number, normalize_answer
 
 __all__ = [
@@ -195,14 +195,19 @@ def score_samples(samples: list[dict], terms: list[RewardTerm]) -> list[dict]:
         return []
     if not terms:
         raise ValueError("score_samples: at least one reward term is needed")
-    skip = set(_RECORD_KEYS) | set(_SCORE_KEYS)
+    skip = set(_RECORD_KEYS) | {"rewards", "reward"}
+    if any("rewards" in s for s in samples):
+        skip.add("answer")  # scored before: ``answer`` is ours; otherwise it is a dataset column (GSM8K's)
     names: list[str] = []
     for s in samples:
         names.extend(k for k in s if k not in skip and k not in names)
     columns = {k: [s.get(k) for s in samples] for k in names}
     if all("completion_ids" in s for s in samples):
         columns["completion_ids"] = [s["completion_ids"] for s in samples]
-    scores = score_completions(terms, [s["prompt"] for s in samples], [s["completion"] for s in samples], columns)
+    # Conversational rows get their completions as message lists, as in training (and TRL).
+    completions = [[{"role": "assistant", "content": s["completion"]}] if isinstance(s.get(MESSAGES_COLUMN), list) else s["completion"]
+                   for s in samples]
+    scores = score_completions(terms, [s["prompt"] for s in samples], completions, columns)
     lenient = any(t.params.get("fallback") == "last_number" for t in terms)
     out = []
     for i, s in enumerate(samples):

@@ -60,3 +60,7 @@ def reward_model_reward(
         values = logits[:, 0] if logits.shape[1] == 1 else logits.softmax(-1)[:, -1]
         scores.extend(values.tolist())
     return scores
+
+
+# Calling it at load (grpo.scoring.probe_rewards) would load the reward model before the policy.
+reward_model_reward.probe_at_load = False

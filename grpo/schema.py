@@ -157,12 +157,19 @@ def from_dict(cls, data: dict | None, path: str = ""):
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {_describe(data)}")
+    # A class may read other names for its keys first (GRPOConfig: TRL's), or act on the
+    # mapping before it is checked (Recipe: imports that register what its keys name).
+    prepare = getattr(cls, "prepare_dict", None)
+    if prepare is not None:
+        data = prepare(dict(data), path)
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for key in data:
         if key not in fields:
+            known = getattr(cls, "unknown_key_hint", None)
+            special = known(str(key)) if known is not None else None
             hint = nearest(str(key), fields)
-            extra = f"; did you mean {hint!r}?" if hint else f"; valid keys: {', '.join(fields)}"
+            extra = f"; {special}" if special else f"; did you mean {hint!r}?" if hint else f"; valid keys: {', '.join(fields)}"
             raise ConfigError(f"{_join(path, str(key))}: unknown key{extra}")
     kwargs = {}
     for name, field in fields.items():

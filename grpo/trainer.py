@@ -33,6 +33,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -50,7 +51,7 @@ from grpo.launch import DistributedSettings
 from grpo.packed import PackedLinears
 from grpo.parallel import state_memory, wrap_policy
 from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine, row_seed
-from grpo.scoring import RewardTerm, Scores, score_completions
+from grpo.scoring import RewardError, RewardTerm, Scores, TrainerState, reward_inputs, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
 TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train",
@@ -206,6 +207,8 @@ class GRPOTrainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step_done = 0
         self.nonfinite_steps = 0  # updates skipped for NaN/inf (training stops past max_nonfinite_steps)
+        self.failing_steps = 0  # steps in which a reward failed on every row (on_reward_error: skip)
+        self.reward_state = TrainerState(0, config.steps)  # what reward functions get as trainer_state
         self.num_tokens = 0  # cumulative prompt + completion tokens seen (TRL: num_tokens)
 
     # --- setup ----------------------------------------------------------------------------
@@ -213,11 +216,16 @@ class GRPOTrainer:
     def _prepare_model(self, model):
         lora = self.config.lora
         if lora is not None:
+            import warnings
+
             from peft import LoraConfig, get_peft_model
 
-            model = get_peft_model(
-                model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
-            )
+            with warnings.catch_warnings():
+                # peft reads a property transformers 5 deprecated; nothing a user can act on.
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+                model = get_peft_model(
+                    model, LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules)
+                )
         if self.config.gradient_checkpointing:
             model.gradient_checkpointing_enable()
             model.config.use_cache = False
@@ -262,6 +270,7 @@ class GRPOTrainer:
         cfg, G = self.config, self.config.group_size
         t0 = time.perf_counter()
         torch.manual_seed(step_seed(self.seed, step))
+        self.reward_state = TrainerState(global_step=step - 1, max_steps=cfg.steps, epoch=self.sampler.epoch(step - 1))  # TRL's trainer_state
         batch_rows = [self.rows[i] for i in self.sampler.batch(step)]
         first, batch_rows = self.dist.shard(batch_rows)  # this rank's prompts (all of them in one process)
 
@@ -272,6 +281,7 @@ class GRPOTrainer:
             rollout, expanded, scores, refill = self._dynamic_sampling(step, rollout, expanded, scores, timing)
         rollout = rollout.to(self.device)  # (engines return CPU tensors)
         batch_scores = self.dist.gather_scores(scores)  # whole batch
+        self._check_failing_rewards(step, batch_scores)
         rewards = torch.tensor(batch_scores.total, dtype=torch.float32)
         t_rollout = t0 + timing["rollout"]
         t_rewards = t_rollout + timing["rewards"]
@@ -456,10 +466,33 @@ class GRPOTrainer:
             rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling, seeds=seeds)
         t1 = time.perf_counter()
         expanded = [r for r in batch_rows for _ in range(G)]
-        columns = {k: [r.get(k) for r in expanded] for k in batch_rows[0] if k != "prompt"}
-        columns["completion_ids"] = rollout.completion_id_lists
-        scores = score_completions(self.rewards, [r["prompt"] for r in expanded], rollout.texts, columns, cfg.on_reward_error)
+        prompts, completions, columns = reward_inputs(expanded, rollout.texts, rollout.completion_id_lists)
+        scores = score_completions(self.rewards, prompts, completions, columns, cfg.on_reward_error, state=self.reward_state)
         return rollout, expanded, scores, {"rollout": t1 - t0, "rewards": time.perf_counter() - t1}
+
+    def _check_failing_rewards(self, step: int, scores: Scores) -> None:
+        """``on_reward_error: skip``: a reward that failed on every row of this step is a warning
+        with its first error; in ``max_failing_steps`` such steps the run stops."""
+        failing = {name: f for name, f in scores.failures.items() if f.all_failed}
+        if not failing:
+            return
+        self.failing_steps += 1
+        cfg = self.config
+        for name, f in failing.items():
+            if self.dist.is_main:
+                from tqdm.auto import tqdm
+
+                tqdm.write(
+                    f"warning: step {step}: reward {name!r} failed on all {f.scored} rows it scored (on_reward_error: skip, "
+                    f"scored as None; {self.failing_steps} of max_failing_steps={cfg.max_failing_steps}); first error: {f.first_error}",
+                    file=sys.stderr,
+                )
+        if self.failing_steps >= cfg.max_failing_steps:
+            name, f = next(iter(failing.items()))
+            raise RewardError(
+                f"step {step}: a reward failed on every row in {self.failing_steps} steps "
+                f"(grpo.max_failing_steps={cfg.max_failing_steps}; on_reward_error: skip): {f.first_error}"
+            )
 
     def _dynamic_sampling(self, step, rollout, expanded, scores, timing):
         """DAPO's dynamic sampling: keep only groups whose rewards differ, refilling with new prompts.
@@ -529,6 +562,7 @@ class GRPOTrainer:
                     "advantage": advantages[i].item(),
                     "length": int(rollout.lengths[i]),
                     "truncated": bool(rollout.truncated[i]),
+                    **({"extra": {k: _jsonable(v[i]) for k, v in scores.extra_columns.items()}} if scores.extra_columns else {}),
                 }
             )
         return out
@@ -633,7 +667,8 @@ class GRPOTrainer:
                 if main:
                     torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
                     (tmp / "trainer_state.json").write_text(json.dumps({
-                        "step": step, "num_tokens": self.num_tokens, "nonfinite_steps": self.nonfinite_steps, "seed": self.seed,
+                        "step": step, "num_tokens": self.num_tokens, "nonfinite_steps": self.nonfinite_steps,
+                        "failing_steps": self.failing_steps, "seed": self.seed,
                         "scheduler": self.scheduler.state_dict(), "world_size": self.dist.world_size, "strategy": self.parallel.strategy,
                     }))
         except StorageError as exc:
@@ -665,6 +700,7 @@ class GRPOTrainer:
         random.setstate(rng["python"])
         self.num_tokens = state["num_tokens"]
         self.nonfinite_steps = state.get("nonfinite_steps", 0)
+        self.failing_steps = state.get("failing_steps", 0)
         return int(state["step"])
 
     def save_final_model(self) -> Path:
@@ -678,6 +714,15 @@ class GRPOTrainer:
                 base.save_pretrained(tmp, state_dict=state, safe_serialization=True)
                 self.tokenizer.save_pretrained(tmp)
         return path
+
+
+def _jsonable(value):
+    """``value`` if JSON can hold it, else its text (what a reward logged with log_extra)."""
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _weighted_mean(pairs: list[tuple[float, int]]) -> float:

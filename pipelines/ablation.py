@@ -36,7 +36,8 @@ import yaml
 
 from grpo.io import atomic_write_json, atomic_write_text, read_jsonl
 from grpo.schema import ConfigError, from_dict
-from pipelines.recipe import Recipe, read_recipe_dict
+from pipelines.paths import PathResolver, resolve_recipe_paths
+from pipelines.recipe import Recipe, read_mapping, read_recipe_dict
 
 TABLE_METRICS = [
     ("pass@1", "pass@1"),
@@ -66,7 +67,7 @@ CURVES = [
 @dataclass
 class AblationRecipe:
     name: str
-    base: str | dict[str, Any]  # a recipe file (relative to this file) or an inline recipe mapping
+    base: str | dict[str, Any]  # a recipe file (relative to this file's folder) or an inline recipe mapping
     arms: dict[str, dict[str, Any]]  # arm name -> overlay on the base
     seeds: list[int] = field(default_factory=lambda: [0])
     output_dir: str | None = None  # default runs/<name>
@@ -108,23 +109,31 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> tuple[Ablation
     from pipelines.runner import plan_stages
 
     path = Path(path)
-    data = read_recipe_dict(path, overrides)
+    data, overridden = read_mapping(path, overrides)
     try:
         ablation = from_dict(AblationRecipe, data)
+        # Paths written here (base:, and in the inline base and the arms) are relative to this
+        # file's folder; those given with --set to the current directory (pipelines/paths.py).
+        def under(prefix: str) -> list[str]:  # the --set keys inside one part, relative to it
+            return [k.removeprefix(prefix) for k in overridden if k.startswith(prefix)]
+
+        here = os.path.abspath(path.parent)
+        base_file = None
+        if isinstance(ablation.base, str):
+            base_file = PathResolver(path.parent, overridden).path(ablation.base, "base", True)
+        else:
+            ablation.base = resolve_recipe_paths(copy.deepcopy(ablation.base), path.parent, under("base."))
+        arms = {arm: PathResolver(path.parent, under(f"arms.{arm}.")).recipe(copy.deepcopy(o)) for arm, o in ablation.arms.items()}
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    if isinstance(ablation.base, str):
-        base_path = (path.parent / ablation.base) if not Path(ablation.base).is_absolute() else Path(ablation.base)
-        if not base_path.exists() and Path(ablation.base).exists():
-            base_path = Path(ablation.base)
-        base = read_recipe_dict(base_path)
-    else:
-        base = ablation.base
+    base = read_recipe_dict(base_file) if base_file is not None else ablation.base
     out = Path(ablation.output_dir or f"runs/{ablation.name}")
     runs = []
-    for arm, overlay in ablation.arms.items():
+    for arm, overlay in arms.items():
         for seed in ablation.seeds:
             merged = deep_merge(base, overlay)
+            # The arms' modules are looked for beside this file too.
+            merged["code_dirs"] = list(dict.fromkeys([here, *(overlay.get("code_dirs") or []), *(base.get("code_dirs") or [])]))
             merged.update({"seed": seed, "name": f"{ablation.name}-{arm}-seed{seed}", "output_dir": str(out / arm / f"seed-{seed}")})
             try:
                 recipe = from_dict(Recipe, merged)

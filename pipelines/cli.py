@@ -1,6 +1,6 @@
 """The ``grpo`` command.
 
-    grpo train RECIPE [--set key=value ...] [--resume] [--num-processes N]   one GRPO run (N processes: ddp | fsdp)
+    grpo train RECIPE [--set key=value ...] [--resume] [--num-processes N] [--dry-run]   one GRPO run (N processes: ddp | fsdp)
     grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run] [--num-processes N]   a staged recipe
       (both: --nnodes M --node-rank R --master-addr HOST [--master-port P] for several machines)
     grpo ablate RECIPE [--set key=value ...]                 arms × seeds, compared
@@ -32,6 +32,11 @@ def _cmd_train(args) -> int:
     from pipelines.train import format_summary, train_from_recipe
 
     recipe = load_recipe(args.recipe, args.set)
+    if args.dry_run:
+        from pipelines.train import dry_run_train
+
+        print(dry_run_train(recipe, resume=args.resume))
+        return 0
     if args.num_processes != 1 or args.nnodes != 1:
         return _relaunch_train(args, recipe)
     result, summary = train_from_recipe(recipe, resume=args.resume)
@@ -192,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. grpo.steps=10")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.add_argument("--summary-json", help="also write the first/last-steps summary to this file")
+    train.add_argument("--dry-run", action="store_true",
+                       help="check the recipe, data, rewards (one call each on a sample), model and run directory; train nothing")
     _add_launch_arguments(train)
     train.set_defaults(func=_cmd_train)
 
@@ -261,6 +268,20 @@ def quiet_libraries() -> None:
     datasets.logging.set_verbosity(datasets.logging.CRITICAL)
 
 
+def _our_packages_shadowed() -> str | None:
+    """A one-line message when a user's file (a ``rewards.py`` on PYTHONPATH) would be imported
+    instead of one of our packages; checked before any of them is imported (the checker is
+    loaded by its path for that reason)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("_grpo_shadow_check", root / "rewards" / "user_code.py")
+    checker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checker)
+    return checker.shadowed_packages(root)
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from grpo.data import DataError
     from grpo.io import StorageError
@@ -274,6 +295,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shadow = _our_packages_shadowed()
+    if shadow:
+        print(f"error: {shadow}", file=sys.stderr)
+        return 2
     quiet_libraries()
     USER_ERRORS = _user_errors()
     try:

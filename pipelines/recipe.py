@@ -64,6 +64,39 @@ class Recipe:
     # a stage may set its own report_to. Offline by default; settings in `tracking:`.
     report_to: list[str] = field(default_factory=list)
     tracking: TrackingSettings = field(default_factory=TrackingSettings)
+    # Modules imported before the rest of the recipe is read, so that their decorators register
+    # rewards, templates, tasks or stage kinds: module names or .py files.
+    imports: list[str] = field(default_factory=list)
+    # Folders searched for your modules (module:function rewards, imports), after the installed
+    # packages: the recipe file's folder (added when it is read), these, the current directory.
+    code_dirs: list[str] = field(default_factory=list)
+
+    @classmethod
+    def prepare_dict(cls, data: dict, path: str) -> dict:
+        """Before the keys are checked: TRL's ``grpo.reward_weights`` applied to the rewards, the
+        ``code_dirs`` registered and the ``imports`` run (they may register what later keys name)."""
+        from rewards.user_code import UserCodeError, add_user_dirs, load_module
+
+        data = _apply_reward_weights(data)
+        dirs = data.get("code_dirs")
+        if isinstance(dirs, list) and all(isinstance(d, str) for d in dirs):
+            add_user_dirs(dirs)
+        imports = data.get("imports")
+        if isinstance(imports, list):
+            for i, entry in enumerate(imports):
+                if not isinstance(entry, str):
+                    raise ConfigError(f"imports[{i}]: expected a module name or a .py file, got {entry!r}")
+                try:
+                    load_module(entry)
+                except UserCodeError as exc:
+                    raise ConfigError(f"imports[{i}]: {exc}") from None
+        return data
+
+    @classmethod
+    def unknown_key_hint(cls, key: str) -> str | None:
+        from grpo.trl_compat import top_level_hint
+
+        return top_level_hint(key)
 
     def __post_init__(self):
         if isinstance(self.template, str):
@@ -94,10 +127,23 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def read_recipe_dict(path: str | Path, overrides: list[str] = ()) -> dict:
-    """The recipe's YAML as a dict with ``--set`` overrides applied (no validation yet)."""
+    """The recipe's YAML as a dict with ``--set`` overrides applied and relative paths made
+    absolute (pipelines/paths.py: against the file's folder, ``--set`` values against the current
+    directory); no validation yet."""
+    from pipelines.paths import resolve_recipe_paths
+
+    data, overridden = read_mapping(path, overrides)
+    try:
+        return resolve_recipe_paths(data, Path(path).parent, overridden)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def read_mapping(path: str | Path, overrides: list[str] = ()) -> tuple[dict, list[str]]:
+    """A YAML file's top-level mapping with ``--set`` overrides applied, and the overridden keys."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"recipe file '{path}' does not exist")
+        raise FileNotFoundError(f"recipe file '{path.absolute()}' does not exist")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -109,10 +155,12 @@ def read_recipe_dict(path: str | Path, overrides: list[str] = ()) -> dict:
         raise ConfigError(f"{path}: the recipe is empty; expected a mapping with at least name and data")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of recipe keys at the top level, got {type(data).__name__}")
+    overridden = []
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(data, key, value)
-    return data
+        overridden.append(key)
+    return data, overridden
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -139,36 +187,93 @@ def recipe_to_dict(recipe: Recipe) -> dict:
     return to_dict(recipe)
 
 
+#: Keys of a reward's mapping that are not parameters of its function.
+REWARD_KEYS = ("weight", "when", "name")
+
+
+def reward_names(rewards: dict[str, float | dict[str, Any]]) -> list[str]:
+    """Each reward term's name, in order: its ``name:`` if it has one, else its recipe key."""
+    return [spec.get("name", key) if isinstance(spec, dict) else key for key, spec in rewards.items()]
+
+
 def reward_terms(rewards: dict[str, float | dict[str, Any]]) -> list[RewardTerm]:
-    """Resolve each reward name (registered or ``module:function``) and bind its parameters."""
+    """Resolve each reward (registered, ``module:function`` or ``file.py:function``) and bind its
+    parameters. A term is named by its recipe key, or by its ``name:``; names must differ (they
+    are the metrics' ``rewards/<name>/mean`` and the completions' reward keys)."""
     import grpo.reward_model  # noqa: F401  (registers `reward_model`, which needs torch)
     from rewards import get_reward
 
-    terms = []
-    for name, spec in rewards.items():
+    terms, named = [], {}
+    for key, spec in rewards.items():
         try:
-            weight = reward_weight(name, spec)
+            weight = reward_weight(key, spec)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         params = dict(spec) if isinstance(spec, dict) else {}
         params.pop("weight", None)
         when = params.pop("when", None) or {}
         if not isinstance(when, dict):
-            raise ConfigError(f"rewards.{name}.when: expected a mapping of column: value, got {when!r}")
+            raise ConfigError(f"rewards.{key}.when: expected a mapping of column: value, got {when!r}")
+        name = params.pop("name", key)
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"rewards.{key}.name: expected a non-empty string, got {name!r}")
+        if name in named:
+            raise ConfigError(
+                f"rewards.{key}: the name {name!r} is already rewards.{named[name]}'s; give each reward its own name "
+                "(name: in its mapping)"
+            )
+        named[name] = key
         try:
-            fn = get_reward(name)
+            fn = get_reward(key)
         except (ValueError, ImportError, AttributeError, TypeError) as exc:
-            raise ConfigError(f"rewards.{name}: {exc}") from None
-        _check_parameters(name, fn, params)
+            raise ConfigError(f"rewards.{key}: {exc}") from None
+        _check_parameters(key, fn, params)
         check_setup = getattr(fn, "check_setup", None)  # e.g. the code reward: its sandbox starts here
         if callable(check_setup):
             try:
                 check_setup(**params)
             except (ValueError, RuntimeError) as exc:
-                raise ConfigError(f"rewards.{name}: {exc}") from None
-        label = name.rsplit(":", 1)[-1]
-        terms.append(RewardTerm(name=label, fn=fn, weight=weight, params=params, when=when))
+                raise ConfigError(f"rewards.{key}: {exc}") from None
+        terms.append(RewardTerm(name=name, fn=fn, weight=weight, params=params, when=when))
     return terms
+
+
+def _apply_reward_weights(data: dict) -> dict:
+    """TRL's ``reward_weights`` (one weight per reward, in order) in a ``grpo:`` section, the
+    recipe's or a stage's, become the weights of that section's rewards."""
+    from grpo.trl_compat import note
+
+    def apply(holder: dict, default_rewards, where: str) -> None:
+        grpo = holder.get("grpo")
+        if not isinstance(grpo, dict) or "reward_weights" not in grpo:
+            return
+        weights = grpo["reward_weights"]
+        if weights is None:
+            return  # TRL's default (every weight 1.0); the table drops it with a note
+        rewards = holder.get("rewards") or default_rewards
+        if not isinstance(rewards, dict):
+            return
+        if not isinstance(weights, list) or len(weights) != len(rewards):
+            raise ConfigError(
+                f"{where}grpo.reward_weights: expected a list of {len(rewards)} weights, one per reward in order "
+                f"({', '.join(rewards)}), got {weights!r}"
+            )
+        holder["grpo"] = {k: v for k, v in grpo.items() if k != "reward_weights"}
+        holder["rewards"] = {
+            name: ({**spec, "weight": w} if isinstance(spec, dict) else w) for (name, spec), w in zip(rewards.items(), weights)
+        }
+        pairs = ", ".join(f"{name}: {w}" for name, w in zip(rewards, weights))
+        note(f"{where}grpo.reward_weights is TRL's: read as the weights of {where}rewards ({pairs})")
+
+    data = dict(data)
+    recipe_rewards = data.get("rewards") or Recipe.__dataclass_fields__["rewards"].default_factory()
+    apply(data, recipe_rewards, "")
+    if isinstance(data.get("stages"), list):
+        data["stages"] = [dict(s) if isinstance(s, dict) else s for s in data["stages"]]
+        for i, stage in enumerate(data["stages"]):
+            if isinstance(stage, dict):
+                apply(stage, data.get("rewards") or recipe_rewards, f"stages[{i}].")
+    return data
 
 
 def reward_weight(name: str, spec: float | dict[str, Any]) -> float:

@@ -601,30 +601,31 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
     from grpo.models import resolve_model_path
     from pipelines.recipe import reward_terms
     from pipelines.stages.common import data_spec
+    from pipelines.train import check_rewards_on_data
 
     runner = Runner(recipe, run_dir)
     checks = []
     reward_terms(recipe.rewards)
     resolve_model_path(recipe.model)
     checks.append(f"model {recipe.model}: found")
-    loaded: dict[str, int] = {}
+    loaded: dict[str, list] = {}
 
-    def check_data(spec, sft: bool, label: str):
+    def check_data(spec, sft: bool, label: str) -> list | None:
         key = json.dumps(to_dict(spec), sort_keys=True)
         if key not in loaded:
             try:
-                loaded[key] = len((load_sft_rows if sft else load_rows)(spec))
+                loaded[key] = (load_sft_rows if sft else load_rows)(spec)
             except DataError as exc:
                 if not is_hub_id(spec.source):
                     raise
                 # A hub dataset on a machine without the hub: report it, check everything else.
                 checks.append(f"{label}: {spec.source} NOT CHECKED (hub unreachable here: {str(exc)[:80]})")
-                return
-        checks.append(f"{label}: {spec.source} ({loaded[key]} rows)")
+                return None
+        checks.append(f"{label}: {spec.source} ({len(loaded[key])} rows)")
+        return loaded[key]
 
-    check_data(recipe.data.train, False, "data.train")
-    if recipe.data.eval is not None:
-        check_data(recipe.data.eval, False, "data.eval")
+    train_rows = check_data(recipe.data.train, False, "data.train")
+    eval_rows = check_data(recipe.data.eval, False, "data.eval") if recipe.data.eval is not None else None
     for stage in runner.plan:
         cfg = stage.config
         rewards = getattr(cfg, "rewards", None)
@@ -637,8 +638,14 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
                 resolve_model_path(getattr(cfg, key))
                 checks.append(f"stages.{stage.name}.{key} {getattr(cfg, key)}: found")
         data = getattr(cfg, "data", None)
+        rows = eval_rows if stage.kind == "eval" else train_rows
         if data is not None and not is_stage_ref(data):
-            check_data(data_spec(data, None, None, stage.name), stage.kind == "sft", f"stages.{stage.name}.data")
+            rows = check_data(data_spec(data, None, None, stage.name), stage.kind == "sft", f"stages.{stage.name}.data")
+        elif data is not None:
+            rows = None  # an earlier stage's output: not there yet
+        if hasattr(cfg, "rewards") and rows:  # a kind that scores (grpo, rejection_sampling, eval)
+            # Each reward called once on a sample of the stage's rows: signature/column errors now.
+            check_rewards_on_data(reward_terms(rewards or recipe.rewards), rows, recipe.grpo)
         mix = getattr(cfg, "mix", None)
         if mix is not None and not is_stage_ref(mix.data):
             check_data(data_spec(mix.data, None, None, stage.name), True, f"stages.{stage.name}.mix.data")

@@ -80,7 +80,8 @@ def prepare_rows(rows: list[dict], template: TemplateSpec, tokenizer, max_prompt
 
 
 def summarize(metrics: list[dict], window: int = 10) -> dict:
-    """Mean reward, KL and completion length over the first and the last ``window`` steps."""
+    """Mean reward, KL and completion length over the first and the last ``window`` steps, and
+    the rows each reward failed on over the whole run (``reward_errors``: name -> [rows, steps])."""
     window = max(1, min(window, len(metrics) // 2 or 1))
     first, last = metrics[:window], metrics[-window:]
 
@@ -89,16 +90,28 @@ def summarize(metrics: list[dict], window: int = 10) -> dict:
         return sum(vals) / len(vals) if vals else None
 
     keys = ["reward", "kl", "completions/mean_length"] + sorted(k for k in metrics[0] if k.startswith("rewards/") and k.endswith("/mean"))
-    return {"window": window, "first": {k: mean(first, k) for k in keys}, "last": {k: mean(last, k) for k in keys}}
+    errors: dict[str, list[int]] = {}
+    for row in metrics:
+        for key, value in row.items():
+            if key.startswith("reward_errors/") and value:
+                totals = errors.setdefault(key[len("reward_errors/") :], [0, 0])
+                totals[0] += int(value)
+                totals[1] += 1
+    return {"window": window, "first": {k: mean(first, k) for k in keys}, "last": {k: mean(last, k) for k in keys}, "reward_errors": errors}
 
 
 def format_summary(summary: dict) -> str:
     w = summary["window"]
-    lines = [f"{'metric':<32} {'first ' + str(w) + ' steps':>16} {'last ' + str(w) + ' steps':>16}"]
+    steps = "step" if w == 1 else f"{w} steps"
+    width = max([32, *(len(k) + 1 for k in summary["first"])])
+    lines = [f"{'metric':<{width}} {'first ' + steps:>16} {'last ' + steps:>16}"]
     for key, first in summary["first"].items():
         last = summary["last"][key]
         fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        lines.append(f"{key:<32} {fmt(first):>16} {fmt(last):>16}")
+        lines.append(f"{key:<{width}} {fmt(first):>16} {fmt(last):>16}")
+    for name, (rows, in_steps) in summary.get("reward_errors", {}).items():
+        lines.append(f"reward {name!r} failed on {rows} rows in {in_steps} step{'s' if in_steps != 1 else ''} "
+                     f"(scored as None: on_reward_error: skip; reward_errors/{name} in metrics.jsonl)")
     return "\n".join(lines)
 
 
@@ -116,6 +129,7 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
     distributed = distributed or DistributedSettings()
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
+    check_rewards_on_data(terms, rows, config)  # and a reward's signature/column errors
     target = _resolve_device(device)
     # FSDP moves each rank's shards to its device: the whole model never has to fit on one GPU.
     sharded = launched_world_size() > 1 and distributed.resolved_strategy() == "fsdp"
@@ -134,6 +148,48 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
     trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill,
                           distributed=distributed, device=target)
     return trainer.train(resume=resume)
+
+
+def check_rewards_on_data(terms, rows: list[dict], config: GRPOConfig) -> None:
+    """Each reward called once on a sample of the rows (grpo.scoring.probe_rewards): an error
+    under ``on_reward_error: fail``, a warning under ``skip``."""
+    import sys
+
+    from grpo.scoring import probe_rewards
+
+    for problem in probe_rewards(terms, rows, config.on_reward_error, max_steps=config.steps):
+        if is_main_process():
+            print(f"warning: {problem}", file=sys.stderr)
+
+
+def dry_run_train(recipe: Recipe, resume: bool = False) -> str:
+    """``grpo train --dry-run``: everything a run checks before it trains, without loading the
+    model or writing anything: rewards (and one call of each on a sample of the data), data,
+    model, run directory. Returns the report; raises on the first problem."""
+    import os
+
+    from grpo.models import resolve_model_path
+
+    cfg = recipe.grpo
+    terms = reward_terms(recipe.rewards)
+    rows = load_rows(recipe.data.train)
+    check_rewards_on_data(terms, rows, cfg)
+    resolved = resolve_model_path(recipe.model)
+    run_dir = Path(recipe.run_dir)
+    check_run_dir(run_dir, resume)
+    existing = next(p for p in (run_dir.absolute(), *run_dir.absolute().parents) if p.exists())
+    if not (existing.is_dir() and os.access(existing, os.W_OK)):
+        raise ConfigError(f"output_dir: '{run_dir.absolute()}' cannot be created ('{existing}' is not a writable folder)")
+    names = ", ".join(f"{t.name} ({t.weight:g})" for t in terms)
+    checks = [
+        f"rewards: {names}; each called once on {min(2, len(rows))} rows of the data",
+        f"data.train: {recipe.data.train.source} ({len(rows)} rows)",
+        f"model {recipe.model}: found ({resolved})",
+        f"run directory: {run_dir.absolute()} ({'resume' if resume else 'new run'})",
+    ]
+    plan = (f"{cfg.steps} steps × {cfg.prompts_per_step} prompts × {cfg.group_size} completions (≤ {cfg.max_new_tokens} tokens), "
+            f"loss_aggregation {cfg.loss_aggregation}, beta {cfg.beta:g}, learning_rate {cfg.learning_rate:g}")
+    return f"grpo train {recipe.name}: {plan}\n\nchecks:\n" + "\n".join(f"  ok  {c}" for c in checks)
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:

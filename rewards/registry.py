@@ -1,4 +1,5 @@
-"""Name -> reward-function registry, and loading of user rewards from ``module:function`` paths.
+"""Name -> reward-function registry, and loading of user rewards from ``module:function`` and
+``path/to/file.py:function`` (see :mod:`rewards.user_code` for where modules are looked for).
 
 A reward function follows TRL's convention::
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +37,11 @@ def register_reward(name: str | Callable | None = None, *, overwrite: bool = Fal
         if not callable(fn):
             raise TypeError(f"register_reward expects a function, got {type(fn).__name__}")
         reward_name = name or fn.__name__
-        if reward_name in _REGISTRY and _REGISTRY[reward_name] is not fn and not overwrite:
+        existing = _REGISTRY.get(reward_name)
+        # The same function defined again (its module re-imported, e.g. a recipe's file loaded
+        # once more after an edit) replaces itself; a different function needs overwrite=True.
+        reloaded = existing is not None and _describe(existing) == _describe(fn)
+        if existing is not None and existing is not fn and not reloaded and not overwrite:
             raise ValueError(
                 f"a reward named '{reward_name}' is already registered "
                 f"({_describe(_REGISTRY[reward_name])}); pass overwrite=True to replace it"
@@ -50,7 +54,8 @@ def register_reward(name: str | Callable | None = None, *, overwrite: bool = Fal
 
 
 def get_reward(name_or_path: str) -> RewardFn:
-    """Resolve a registered reward name, or a user reward given as ``"module.path:function"``.
+    """Resolve a registered reward name, or a user reward given as ``"module.path:function"`` or
+    ``"path/to/file.py:function"``.
 
     Every failure raises ``ValueError`` with a one-line message saying what is wrong.
     """
@@ -66,8 +71,8 @@ def get_reward(name_or_path: str) -> RewardFn:
     close = difflib.get_close_matches(key, list(_REGISTRY), n=1)
     if close:
         hint = f"did you mean '{close[0]}'? "
-    elif "." in key:
-        hint = "to load your own function use 'module.path:function'; "
+    elif "." in key or "/" in key:
+        hint = "to load your own function use 'module.path:function' or 'path/to/file.py:function'; "
     else:
         hint = ""
     raise ValueError(f"unknown reward '{key}'; {hint}registered: {registered}")
@@ -105,22 +110,12 @@ def bind_reward(name_or_path: str, **params: Any) -> RewardFn:
 
 
 def _load_from_path(path: str) -> RewardFn:
-    module_name, _, attr_path = path.partition(":")
-    module_name, attr_path = module_name.strip(), attr_path.strip()
-    if not module_name or not attr_path:
-        raise ValueError(f"reward path '{path}' must look like 'module.path:function'")
+    from .user_code import UserCodeError, load_object
+
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure in user code, not just ImportError
-        raise ValueError(
-            f"cannot import module '{module_name}' for reward '{path}': "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    obj: Any = module
-    for part in attr_path.split("."):  # allows "module:Class.method"
-        if not hasattr(obj, part):
-            raise ValueError(f"module '{module_name}' has no attribute '{attr_path}' (reward '{path}')")
-        obj = getattr(obj, part)
+        obj = load_object(path)
+    except UserCodeError as exc:
+        raise ValueError(str(exc)) from None
     if not callable(obj):
         raise ValueError(
             f"'{path}' is not callable (it is a {type(obj).__name__}); "

@@ -118,10 +118,10 @@ def test_user_reward_by_module_path(tiny_model_dir, tmp_path, monkeypatch):
         def short(prompts, completions, *, limit=5, **kwargs):
             return [1.0 if len(c) <= limit else 0.0 for c in completions]
     '''))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # Found beside the recipe (no PYTHONPATH); the term is named by its recipe key.
     text = RECIPE.replace("format: 0.5", "cli_user_rewards:short: {{weight: 2.0, limit: 3}}")
     recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, text=text))
     terms = {t.name: t for t in reward_terms(recipe.rewards)}
-    assert terms["short"].weight == 2.0 and terms["short"].params == {"limit": 3}
+    assert terms["cli_user_rewards:short"].weight == 2.0 and terms["cli_user_rewards:short"].params == {"limit": 3}
     assert main(["train", str(write_recipe(tmp_path, tiny_model_dir, text=text, name="u.yaml")), "--set", "grpo.steps=1"]) == 0
-    assert "rewards/short/mean" in read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]
+    assert "rewards/cli_user_rewards:short/mean" in read_jsonl(tmp_path / "run" / "metrics.jsonl")[0]

@@ -51,9 +51,10 @@ def test_jsonl_with_column_mapping_keeps_other_columns(tmp_path):
         [{"q": "1+1?", "gold_text": "#### 2", "lang": "en", "id": 7}, {"q": "2+2?", "gold_text": "#### 1,234", "lang": "en", "id": 8}],
     )
     rows = load_rows(DataSpec(source=str(path), columns={"q": "prompt", "gold_text": "solution", "lang": "language"}))
+    # The mapping adds prompt/solution/language; the columns keep their own names too (TRL's way).
     assert rows == [
-        {"id": 7, "prompt": "1+1?", "solution": "2", "language": "en"},
-        {"id": 8, "prompt": "2+2?", "solution": "1234", "language": "en"},
+        {"q": "1+1?", "gold_text": "#### 2", "lang": "en", "id": 7, "prompt": "1+1?", "solution": "2", "language": "en"},
+        {"q": "2+2?", "gold_text": "#### 1,234", "lang": "en", "id": 8, "prompt": "2+2?", "solution": "1234", "language": "en"},
     ]
 
 
@@ -63,7 +64,7 @@ def test_csv_parquet_and_save_to_disk(tmp_path):
     csv_path = tmp_path / "d.csv"
     csv_path.write_text('problem,final_answer,source\n"What is 3, plus 4?",7,toy\nHalf of 10?,5,toy\n', encoding="utf-8")
     rows = load_rows(DataSpec(source=str(csv_path), language="en"))
-    assert rows[0] == {"source": "toy", "prompt": "What is 3, plus 4?", "solution": "7", "language": "en"}
+    assert rows[0] == {"problem": "What is 3, plus 4?", "final_answer": "7", "source": "toy", "prompt": "What is 3, plus 4?", "solution": "7", "language": "en"}
 
     headerless = tmp_path / "h.csv"
     headerless.write_text("Two plus two?,four\n", encoding="utf-8")
@@ -73,7 +74,7 @@ def test_csv_parquet_and_save_to_disk(tmp_path):
     ds = datasets.Dataset.from_dict({"query": ["a?", "b?"], "target": [3, 4]})
     ds.to_parquet(str(tmp_path / "d.parquet"))
     rows = load_rows(DataSpec(source=str(tmp_path / "d.parquet"), size=1))
-    assert rows == [{"prompt": "a?", "solution": "3"}]
+    assert rows == [{"query": "a?", "target": 3, "prompt": "a?", "solution": "3"}]  # target keeps its number
 
     datasets.DatasetDict({"test": ds}).save_to_disk(str(tmp_path / "saved"))
     rows = load_rows(DataSpec(source=str(tmp_path / "saved"), split="test"))
@@ -94,7 +95,7 @@ def test_hub_ids_go_to_load_dataset(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     rows = load_rows(DataSpec(source="openai/gsm8k", subset="main", split="test"))
     assert calls == [("openai/gsm8k", "main", "test")]
-    assert rows == [{"prompt": "q?", "solution": "5"}]
+    assert rows == [{"question": "q?", "answer": "x\n#### 5", "prompt": "q?", "solution": "5"}]
 
     def offline(path, name=None, split=None, **kwargs):
         raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
@@ -117,7 +118,7 @@ def test_synthetic_source():
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="^data file 'missing.jsonl' does not exist$"):
+    with pytest.raises(FileNotFoundError, match=f"^data file '{re.escape(str(Path.cwd()))}/missing.jsonl' does not exist$"):
         load_rows(DataSpec(source="missing.jsonl"))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_rows(DataSpec(source=str(tmp_path / "nope" / "train.parquet")))

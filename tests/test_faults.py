@@ -126,11 +126,13 @@ def _picky_recipe(ctx: Ctx) -> str:
 
 
 def test_reward_that_raises_stops_grpo_train_with_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # The reward is called on a sample of the data before the model loads: the 2+2 row (row 1 of
+    # the sample) fails there. (A reward failing on the model's completions: test_user_rewards.py.)
     recipe = _picky_recipe(Ctx(tmp_path, tiny_model_dir))
     message = cli_error(["train", recipe], capsys)
-    assert message.startswith("reward 'picky' raised ValueError on row ") and message.endswith(": no opinion on 2+2")
-    assert int(message.split("on row ")[1].split(":")[0]) in (0, 4)  # the first row of the 2+2 group (G = 4)
+    assert message == ("reward 'picky_rewards:picky' raised ValueError on row 1: no opinion on 2+2 "
+                       "(called at load on 2 rows of the data with stand-in completions)")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 def test_reward_that_raises_is_skipped_and_counted_with_on_reward_error_skip(tmp_path, tiny_model_dir, monkeypatch):
@@ -138,12 +140,12 @@ def test_reward_that_raises_is_skipped_and_counted_with_on_reward_error_skip(tmp
     from pipelines.cli import main
 
     skip_plots(monkeypatch)
-    monkeypatch.syspath_prepend(str(tmp_path))
     recipe = _picky_recipe(Ctx(tmp_path, tiny_model_dir))
     assert main(["train", recipe, "--set", "grpo.on_reward_error=skip"]) == 0
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2]
-    assert all(m["reward_errors/picky"] == 4 and m["rewards/picky/mean"] == 1.0 for m in metrics)  # the 2+2 group: None
+    name = "picky_rewards:picky"  # the recipe's key
+    assert all(m[f"reward_errors/{name}"] == 4 and m[f"rewards/{name}/mean"] == 1.0 for m in metrics)  # the 2+2 group: None
 
 
 def test_nonfinite_steps_stop_grpo_train_with_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):

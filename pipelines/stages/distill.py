@@ -70,7 +70,9 @@ class DistillStage(Stage):
             if getattr(config, key) != getattr(defaults, key):
                 raise ConfigError(f"{path}.{key}: only used with mode: {'off_policy' if config.mode == 'on_policy' else 'on_policy'}")
         if config.mode == "off_policy":
-            names = {name.rsplit(":", 1)[-1] for name in (config.rewards or recipe.rewards)}
+            from pipelines.recipe import reward_names
+
+            names = set(reward_names(config.rewards or recipe.rewards))
             for name in config.keep:
                 if name not in names:
                     raise ConfigError(f"{path}.keep.{name}: not one of this stage's rewards ({', '.join(sorted(names))})")

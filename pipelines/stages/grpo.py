@@ -23,6 +23,7 @@ class GRPOStageConfig:
 
 def stage_grpo_config(recipe, overrides: dict, path: str) -> GRPOConfig:
     """The recipe's grpo section with this stage's overrides on top (validated, errors name ``path``)."""
+    overrides = GRPOConfig.prepare_dict(dict(overrides), path)  # TRL's names, before they meet ours
     return from_dict(GRPOConfig, {**to_dict(recipe.grpo), **overrides}, path)
 
 

@@ -26,15 +26,20 @@ def _jsonl(rows: list[dict]) -> str:
 def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None, model: str | None = None,
             *, score: bool = False, rewards=None) -> list[dict]:
     """Rendered prompts of the stage's data, n samples each, from the init model (or ``model``),
-    scored with ``rewards`` (default the recipe's) when ``score``. With several processes each
-    samples and scores its share of the prompt batches (``sample_completions(shard=...)``) and
-    every rank gets the whole list, in the one-process order."""
+    scored with ``rewards`` (default the recipe's) when ``score``; those rewards are called once
+    on a sample of the rows first, before the model loads (pipelines.train.check_rewards_on_data).
+    With several processes each samples and scores its share of the prompt batches
+    (``sample_completions(shard=...)``) and every rank gets the whole list, in the one-process order."""
     from grpo.data import load_rows
     from grpo.models import load_model_and_tokenizer
+    from pipelines.recipe import reward_terms
+    from pipelines.train import check_rewards_on_data
 
     rows = load_rows(data)
     if max_prompts is not None:
         rows = rows[:max_prompts]
+    if score:
+        check_rewards_on_data(reward_terms(rewards or ctx.recipe.rewards), rows, ctx.recipe.grpo)
     policy, tokenizer = load_model_and_tokenizer(model or ctx.init_model, dtype=ctx.recipe.dtype, device=ctx.recipe.device)
     dist = ctx.dist
     samples = sample_rows(
@@ -146,8 +151,9 @@ class RejectionSamplingStage(Stage):
 
     def validate(self, config: RejectionSamplingConfig, recipe, path: str) -> None:
         from grpo.schema import ConfigError
+        from pipelines.recipe import reward_names
 
-        names = {name.rsplit(":", 1)[-1] for name in (config.rewards or recipe.rewards)}
+        names = set(reward_names(config.rewards or recipe.rewards))
         for name in config.keep:
             if name not in names:
                 raise ConfigError(f"{path}.keep.{name}: not one of this stage's rewards ({', '.join(sorted(names))})")
