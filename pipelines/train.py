@@ -102,20 +102,38 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def load_for_training(model: str, precision: str | None, dtype: str, device: str, run_dir: Path | None = None, resume: bool = False):
+    """(model, tokenizer, Precision) for a grpo stage: the precision resolved for the device
+    (``auto`` probes it, grpo/precision.py; a resumed run keeps the one it started with), the
+    weights loaded in its parameter dtype."""
+    from grpo.models import load_model_and_tokenizer, resolve_device
+    from grpo.precision import precision_of_dtype, recorded_precision, requested_precision, resolve_precision
+
+    requested, why = requested_precision(precision, dtype)
+    if requested == "checkpoint":  # dtype: auto, the checkpoint's own dtype, trained as it is
+        policy, tokenizer = load_model_and_tokenizer(model, dtype="auto", device=device)
+        return policy, tokenizer, precision_of_dtype(next(policy.parameters()).dtype, why)
+    resolved = recorded_precision(run_dir) if resume and requested == "auto" and run_dir is not None else None
+    resolved = resolved or resolve_precision(requested, resolve_device(device), why=why)
+    policy, tokenizer = load_model_and_tokenizer(model, dtype=resolved.param_dtype, device=device)
+    return policy, tokenizer, resolved
+
+
 def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
-             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False):
+             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, precision: str | None = None):
     """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult."""
-    from grpo.models import load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
-    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device=device)
+    policy, tokenizer, resolved = load_for_training(model, precision, dtype, device, out_dir, resume)
     prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
     if prepared.report() and is_main_process():
         print(prepared.report())
-    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed)
+    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, precision=resolved)
+    if is_main_process():
+        print(trainer.describe_precision(), flush=True)  # also in <run dir>/precision.json
     return trainer.train(resume=resume)
 
 
@@ -135,7 +153,8 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
         atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
     started = time.perf_counter()
     result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
-                      config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume)
+                      config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume,
+                      precision=recipe.precision)
     summary = summarize(result.metrics)
     summary["wall_time_s"] = time.perf_counter() - started
     return result, summary

@@ -52,6 +52,7 @@ class GRPOStage(Stage):
             dtype=recipe.dtype,
             device=recipe.device,
             resume=ctx.resume,
+            precision=recipe.precision,
         )
         summary = summarize(result.metrics)
         metrics = {"steps": result.steps_done}

@@ -48,7 +48,7 @@ class SFTStage(Stage):
         rows = load_sft_rows(data_spec(cfg.data, None, ctx.data_path, f"stages.{ctx.name}.data"))
         train_sft(
             ctx.init_model, rows, template_of(cfg.template, recipe.template), settings, ctx.work_dir,
-            seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype,
+            seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, precision=recipe.precision,
         )
         losses = [r["loss"] for r in read_jsonl(ctx.work_dir / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
         metrics = {"rows": len(rows)}
