@@ -2,16 +2,19 @@
 
 One step (``GRPOTrainer.step``):
 
-    B prompts ──rollout──▶ B×G completions (+ masks)
+    B prompts ──rollout──▶ B×G completions (+ masks, + the sampler's log-probs)
               ──rewards──▶ r[B×G, k] ──weights──▶ r[B×G]
+              ──π_old forward (μ > 1 or kl_in: reward), π_ref forward (β > 0), no grad
               ──advantages──▶ A[B×G]                (group mean/std; zero-std groups counted)
-              ──π_old forward (μ > 1), π_ref forward (β > 0), no grad
-              μ × { micro-batches: π_θ forward → policy_loss → backward ; clip ; optimiser step }
+              μ × { micro-batches: π_θ forward → sampler agreement (once) → policy_loss → backward ;
+                    clip ; optimiser step }
               ──▶ one line of metrics.jsonl, a sample in completions.jsonl
 
 Everything random in a step is drawn from generators seeded by (seed, step): the prompts of step
 k and its samples do not depend on how the run got to step k, so a resumed run reproduces an
-uninterrupted one exactly (on CPU). The math lives in ``advantages.py`` and ``loss.py``.
+uninterrupted one exactly (on CPU). The math lives in ``advantages.py``, ``loss.py`` and
+``rollout_correction.py``; ``precision.py`` says which dtypes the forwards compute in (under
+``bf16-mixed``: bf16 autocast over float32 master weights, bf16 rollouts and reference).
 
 With several processes (``self.dist``, grpo/distributed.py) each rank runs this same step on its
 share of the prompts; the few lines marked "whole batch" exchange what the ranks must agree on.
