@@ -112,30 +112,44 @@ def test_seed_count_must_match_prompts(lively):
 
 
 def test_hf_engine_samples_from_the_recipes_distribution_not_the_checkpoints(lively):
-    """A checkpoint's generation_config (repetition penalty, n-gram ban, top-k) must not reach the
-    sampler: the hf engine's log-probs equal the training forward's."""
+    """A checkpoint's generation_config (repetition penalty, n-gram ban, top-k, min-p) must not reach
+    the sampler: the hf engine's log-probs equal the training forward's."""
     model, tok = lively
     model.generation_config.repetition_penalty = 3.0
     model.generation_config.no_repeat_ngram_size = 2
     model.generation_config.top_k = 5
+    model.generation_config.min_p = 0.2  # one generate would take from the model for any setting left unset
     try:
         engine = get_rollout_engine("hf", model, tok)
         rollout = engine.generate(PROMPTS, SamplingParams(4, 24, temperature=0.8), seeds=[1, 2, 3])
         assert model.generation_config.repetition_penalty == 3.0  # the model's own config is put back
     finally:
         model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size = 1.0, 0
-        model.generation_config.top_k = None
+        model.generation_config.top_k = model.generation_config.min_p = None
     with torch.no_grad():
         logp, _ = completion_logprobs(model, rollout, slice(0, 12), 0.8)
+        best = _max_logprobs(model, rollout, 0.8)
     mask = rollout.completion_mask.bool()
     assert (logp[mask] - rollout.sampling_logprobs[mask]).abs().max() < 2e-3
     assert (rollout.sampling_logprobs[~mask] == 0).all()
+    # tokens min-p 0.2 would never have drawn (p < 0.2·p_max) were drawn: the checkpoint's min-p was not applied
+    assert ((logp - best)[mask] < torch.log(torch.tensor(0.2))).sum() >= 3
     # top-k/top-p from the recipe do apply: log p under the truncated, renormalised distribution
     truncated = engine.generate(PROMPTS, SamplingParams(2, 8, temperature=1.0, top_k=3), seeds=[4, 5, 6])
     with torch.no_grad():
         full, _ = completion_logprobs(model, truncated, slice(0, 6), 1.0)
     m = truncated.completion_mask.bool()
     assert (truncated.sampling_logprobs[m] >= full[m] - 1e-4).all() and (truncated.sampling_logprobs[m] > full[m] + 1e-3).any()
+
+
+def _max_logprobs(model, rollout, temperature):
+    """log p of the most likely token at each completion position, [N, L]."""
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    L = rollout.completion_ids.shape[1]
+    return torch.log_softmax(logits[:, -L - 1 : -1].float() / temperature, dim=-1).max(dim=-1).values
 
 
 def test_rollouts_carry_the_samplers_logprobs_through_select_and_concat(lively):
