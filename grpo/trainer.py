@@ -460,7 +460,7 @@ class GRPOTrainer:
 
         # 7. Metrics, named as TRL names them where it has a name (of the whole batch).
         kls, clip = self.dist.gather(kls), self.dist.gather_lists(clip)
-        agreement = {k: self.dist.gather(agreement[k]) for k in ("kl", "max_abs", "stats")}
+        agreement = self.dist.gather_lists({k: agreement[k] for k in ("kl", "max_abs", "stats")})
         lengths = torch.tensor(self.dist.gather(rollout.lengths.tolist()), dtype=torch.float32)
         truncated = torch.tensor(self.dist.gather(rollout.truncated.tolist()), dtype=torch.float32)
         completion_tokens = int(lengths.sum())
