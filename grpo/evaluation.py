@@ -10,7 +10,7 @@ Used by the pipeline's eval, generate and rejection-sampling stages. Three layer
 2. :func:`score_samples` adds ``rewards`` (name -> value or None), ``reward`` (the weighted total,
    exactly as the trainer computes it) and ``answer`` (the extracted final answer).
 
-3. Pure functions over scored records (no torch, no model): :func:`pass_at_1`, :func:`maj_at_k`,
+3. Pure functions over scored records (no torch, no model): :func:`pass_at_1`, :func:`pass_at_k`, :func:`maj_at_k`,
    :func:`rate`, :func:`mean_reward`, :func:`mean_length`, :func:`evaluation_summary`,
    :func:`summary_markdown`, and the rejection-sampling filters :class:`KeepRules`,
    :func:`select_samples`, :func:`mix_with`, :func:`to_sft_rows`.
@@ -36,18 +36,22 @@ from typing import Any, Iterable
 
 from grpo.rollout import SamplingParams, get_rollout_engine
 from grpo.scoring import RewardTerm, score_completions
-from rewards.answers import extract_completion_answer, normalize_answer
+from rewards.answers import extract_completion_answer, last_number, normalize_answer
 
 __all__ = [
     "sample_completions",
     "score_samples",
     "pass_at_1",
+    "pass_at_k",
+    "pass_at_k_estimate",
     "maj_at_k",
     "rate",
     "mean_reward",
     "mean_length",
     "evaluation_summary",
     "summary_markdown",
+    "metric_label",
+    "comparison_markdown",
     "KeepRules",
     "select_samples",
     "mix_with",
@@ -177,8 +181,9 @@ def score_samples(samples: list[dict], terms: list[RewardTerm]) -> list[dict]:
     other key the records carry except the bookkeeping ones (``row``, ``sample``, ``length``,
     ``truncated`` and earlier scores), as the trainer passes dataset columns; ``completion_ids``
     is passed when every record has it. ``answer`` is
-    :func:`rewards.answers.extract_completion_answer` of the completion (None when it gave none).
-    An empty list gives an empty list.
+    :func:`rewards.answers.extract_completion_answer` of the completion (None when it gave none),
+    or its last number when a term scores with ``fallback: last_number`` (so the majority vote
+    counts the answers that lenient accuracy grades). An empty list gives an empty list.
     """
     if not samples:
         return []
@@ -192,10 +197,14 @@ def score_samples(samples: list[dict], terms: list[RewardTerm]) -> list[dict]:
     if all("completion_ids" in s for s in samples):
         columns["completion_ids"] = [s["completion_ids"] for s in samples]
     scores = score_completions(terms, [s["prompt"] for s in samples], [s["completion"] for s in samples], columns)
+    lenient = any(t.params.get("fallback") == "last_number" for t in terms)
     out = []
     for i, s in enumerate(samples):
         rewards = {t.name: (None if math.isnan(scores.per_reward[t.name][i]) else scores.per_reward[t.name][i]) for t in terms}
-        out.append({**s, "rewards": rewards, "reward": scores.total[i], "answer": extract_completion_answer(s["completion"])})
+        answer = extract_completion_answer(s["completion"])
+        if answer is None and lenient:
+            answer = last_number(s["completion"])
+        out.append({**s, "rewards": rewards, "reward": scores.total[i], "answer": answer})
     return out
 
 
@@ -244,6 +253,40 @@ def pass_at_1(samples: list[dict], reward: str = "accuracy") -> float | None:
         m = _mean([v for v in (_value(s, reward) for s in group) if v is not None])
         if m is not None:
             per_prompt.append(m)
+    return _mean(per_prompt)
+
+
+def pass_at_k_estimate(n: int, c: int, k: int) -> float:
+    """Unbiased estimate of pass@k for one prompt with ``c`` correct among ``n`` samples
+    (Chen et al. 2021, "Evaluating Large Language Models Trained on Code"):
+
+        pass@k = 1 − C(n − c, k) / C(n, k) = 1 − Π_{i=n−c+1}^{n} (1 − k / i)
+
+    the probability that k samples drawn without replacement from the n hold at least one
+    correct one. The product form avoids huge binomials. Needs 0 ≤ c ≤ n and 1 ≤ k ≤ n.
+    """
+    if not (0 <= c <= n and 1 <= k <= n):
+        raise ValueError(f"pass@k needs 0 ≤ c ≤ n and 1 ≤ k ≤ n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def pass_at_k(samples: list[dict], k: int, reward: str = "accuracy", threshold: float = 1.0) -> float | None:
+    """Mean over prompts of :func:`pass_at_k_estimate`, a sample being correct when its
+    ``reward`` is at least ``threshold``.
+
+    pass@k = (1/P) Σ_p [1 − C(n_p − c_p, k) / C(n_p, k)]
+
+    n_p counts the prompt's samples with a value (None values are left out); prompts with fewer
+    than k such samples are not counted. With k = 1 this is :func:`pass_at_1` for 0/1 rewards.
+    """
+    _check_reward(samples, reward)
+    per_prompt = []
+    for group in _by_prompt(samples).values():
+        values = [v for v in (_value(s, reward) for s in group) if v is not None]
+        if len(values) >= k:
+            per_prompt.append(pass_at_k_estimate(len(values), sum(v >= threshold for v in values), k))
     return _mean(per_prompt)
 
 
@@ -335,13 +378,15 @@ def evaluation_summary(
     terms: list[RewardTerm] | list[str],
     accuracy: str = "accuracy",
     language_threshold: float = LANGUAGE_CONSISTENCY_THRESHOLD,
+    majority: bool = True,
 ) -> dict:
     """The figures of an evaluation, as one flat dict (JSON-ready; absent figures are left out).
 
     - ``num_prompts``, ``num_samples``, ``samples_per_prompt`` (an int when every prompt has the
       same number of samples, else the mean);
-    - with the ``accuracy`` reward scored: ``pass@1`` (:func:`pass_at_1`), ``maj@k``
-      (:func:`maj_at_k`), ``mean_length_correct`` and ``mean_length_wrong`` (:func:`mean_length`);
+    - with the ``accuracy`` reward scored: ``pass@1`` (:func:`pass_at_1`), ``pass@k`` (the
+      unbiased estimator, :func:`pass_at_k`, with k = samples_per_prompt, when that is an int
+      above 1), ``maj@k`` (:func:`maj_at_k`), ``mean_length_correct`` and ``mean_length_wrong`` (:func:`mean_length`);
     - with ``format``: ``format_rate`` = share with format reward 1.0;
     - with ``language_consistency``: ``language_consistency`` (mean) and
       ``language_consistency_rate`` = share ≥ ``language_threshold`` (0.95);
@@ -349,7 +394,9 @@ def evaluation_summary(
       records carry ``truncated``), ``mean_reward`` (weighted total) and ``rewards/<name>/mean``
       for every term (named as in the trainer's metrics).
 
-    ``terms`` are the RewardTerms the samples were scored with (or just their names).
+    ``terms`` are the RewardTerms the samples were scored with (or just their names);
+    ``accuracy`` names the correctness reward (e.g. ``code`` for unit-test rewards);
+    ``majority=False`` leaves maj@k out (answers that are programs have no vote).
     """
     names = [t if isinstance(t, str) else t.name for t in terms]
     groups = _by_prompt(samples)
@@ -363,7 +410,11 @@ def evaluation_summary(
         return summary
     if accuracy in names:
         summary["pass@1"] = pass_at_1(samples, accuracy)
-        summary["maj@k"] = maj_at_k(samples, accuracy)
+        k = summary["samples_per_prompt"]
+        if isinstance(k, int) and k > 1:
+            summary["pass@k"] = pass_at_k(samples, k, accuracy)
+        if majority:
+            summary["maj@k"] = maj_at_k(samples, accuracy)
     if "format" in names:
         summary["format_rate"] = rate(samples, "format", 1.0)
     if "language_consistency" in names:
@@ -395,14 +446,33 @@ def _cell(value: Any) -> str:
 def summary_markdown(summary: dict, title: str) -> str:
     """A two-column markdown table (``| metric | value |``) under a ``### title`` heading.
 
-    Floats get 4 decimals (1 from 100 up), None shows as ``–``; ``maj@k`` is shown as
-    ``maj@<samples_per_prompt>``.
+    Floats get 4 decimals (1 from 100 up), None shows as ``–``; ``maj@k`` and ``pass@k`` are
+    shown as ``maj@<samples_per_prompt>`` and ``pass@<samples_per_prompt>``.
     """
-    k = summary.get("samples_per_prompt")
     lines = [f"### {title}", "", "| metric | value |", "|---|---|"]
     for key, value in summary.items():
-        label = f"maj@{k}" if key == "maj@k" and isinstance(k, int) else key
-        lines.append(f"| {_cell(label)} | {_cell(value)} |")
+        lines.append(f"| {_cell(metric_label(key, summary))} | {_cell(value)} |")
+    return "\n".join(lines) + "\n"
+
+
+def metric_label(key: str, summary: dict) -> str:
+    """``maj@k`` / ``pass@k`` with k made concrete (``maj@4``) when every prompt had k samples."""
+    k = summary.get("samples_per_prompt")
+    return key.replace("@k", f"@{k}") if key in ("maj@k", "pass@k") and isinstance(k, int) else key
+
+
+def comparison_markdown(summaries: dict[str, dict], title: str, keys: list[str] | None = None) -> str:
+    """Several evaluations side by side: ``| metric | <name 1> | <name 2> | ... |`` under
+    ``### title``; ``summaries`` maps a column name (a model) to its :func:`evaluation_summary`.
+    Rows are ``keys`` (default: every key any summary has, in first-seen order); a figure a
+    summary lacks shows as ``–``."""
+    names = list(summaries)
+    if keys is None:
+        keys = list(dict.fromkeys(k for s in summaries.values() for k in s if not isinstance(s[k], (dict, list))))
+    first = next(iter(summaries.values()), {})
+    lines = [f"### {title}", "", "| metric | " + " | ".join(_cell(n) for n in names) + " |", "|---|" + "---|" * len(names)]
+    for key in keys:
+        lines.append(f"| {_cell(metric_label(key, first))} | " + " | ".join(_cell(summaries[n].get(key)) for n in names) + " |")
     return "\n".join(lines) + "\n"
 
 

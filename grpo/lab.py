@@ -54,7 +54,7 @@ from grpo.models import cache_dir
 
 __all__ = [
     "LAB_VERSION", "LabSpec", "spec_hash", "lab_model_dir", "corpus_rows", "probe_rows", "build_lab_model",
-    "read_spec", "probe_terms", "lab_probe", "main",
+    "read_spec", "probe_terms", "lab_probe", "main", "SMALL_SPEC", "build_small_lab_model",
 ]
 
 #: Bump when the corpus generator or the training loop changes what a spec builds: it is part
@@ -131,6 +131,21 @@ class LabSpec:
         from grpo.templates import TemplateSpec
 
         return TemplateSpec(kind=self.template, system=self.system)
+
+
+#: The lab's small student (``lab-bilingual-small``): the same corpus, task and tokenizer as the
+#: default lab model (so on-policy distillation can read the teacher's log-probabilities of its
+#: tokens), a 7× smaller network (hidden 64, 2 layers: 0.15M parameters).
+SMALL_SPEC = LabSpec(name="bilingual-small", hidden_size=64, num_layers=2)
+
+
+def build_small_lab_model() -> Path:
+    """The directory of ``lab-bilingual-small`` (:data:`SMALL_SPEC`), built on first use."""
+    return build_lab_model(SMALL_SPEC)
+
+
+def small_lab_model_dir() -> Path:
+    return lab_model_dir(SMALL_SPEC)
 
 
 def spec_hash(spec: LabSpec) -> str:

@@ -185,8 +185,9 @@ def policy_loss(
     """GRPO loss of one micro-batch; see the module docstring for the equations.
 
     Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``, ``rollout_weights``: [n, T];
-    ``advantages``: [n]. ``old_logp=None`` means π_old = π_θ (μ = 1): ρ is exp(logp − logp.detach())
-    = 1 with the policy gradient intact. ``batch`` defaults to this micro-batch alone.
+    ``advantages``: [n], or [n, T] for per-token advantages (on-policy distillation, grpo/distill.py).
+    ``old_logp=None`` means π_old = π_θ (μ = 1): ρ is exp(logp − logp.detach()) = 1 with the
+    policy gradient intact. ``batch`` defaults to this micro-batch alone.
     ``rollout_weights`` (grpo.rollout_correction; None = 1) multiply the policy-gradient term only.
     """
     mask = mask.to(logp.dtype)
@@ -199,7 +200,7 @@ def policy_loss(
 
     old = logp.detach() if old_logp is None else old_logp
     ratio = torch.exp(logp - old)
-    adv = advantages.unsqueeze(1)
+    adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)  # [n, T]: per-token (distillation)
     clipped_ratio = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     per_token = -torch.min(ratio * adv, clipped_ratio * adv)
     if rollout_weights is not None:

@@ -205,6 +205,13 @@ register_built_model(
     "(mixed-language reasoning, rare R1 format, partial accuracy); built once, in minutes (grpo/lab.py)",
     locate="grpo.lab:lab_model_dir",
 )
+register_built_model(
+    "lab-bilingual-small",
+    "grpo.lab:build_small_lab_model",
+    "the lab model's small student: same corpus and tokenizer, 7x fewer parameters (hidden 64, 2 layers); "
+    "for distillation (recipes/lab/distill.yaml)",
+    locate="grpo.lab:small_lab_model_dir",
+)
 
 
 # --------------------------------------------------------------------------- #

@@ -37,6 +37,7 @@ import torch
 
 from grpo.advantages import compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
+from grpo.distill import check_same_vocabulary, reverse_kl, reverse_kl_advantages
 from grpo.distributed import DataParallel
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
 from grpo.loss import BatchShape, kl_reward_penalty, policy_loss
@@ -240,6 +241,8 @@ class GRPOTrainer:
         seed: int = 0,
         ref_model=None,
         precision: Precision | None = None,
+        on_step=None,
+        teacher=None,
     ):
         if not rewards:
             raise ValueError("rewards: at least one reward function is needed")
@@ -248,11 +251,15 @@ class GRPOTrainer:
         # Precision (grpo/precision.py): by default the pure precision of the weights as loaded.
         self.precision = precision or precision_of_dtype(next(model.parameters()).dtype, "the model's dtype")
         self._check_precision(model)
+        # on_step(step, metrics, samples): called on rank 0 after each step's lines are written
+        # (experiment trackers, grpo/tracking.py); the step itself knows nothing of it.
+        self.on_step = on_step
         torch.manual_seed(seed)  # LoRA initialisation draws from the global RNG
         self.model = self._prepare_model(model)
         self.device = next(self.model.parameters()).device
         self.dist = DataParallel.from_environment(config, self.model)  # rank, world size, collectives
         self.ref_model = self._prepare_reference(ref_model)
+        self.teacher = self._prepare_teacher(teacher)  # on-policy distillation (grpo/distill.py), or None
         self.sampler = PromptSampler(len(rows), config.prompts_per_step, seed)
         # Rollouts multiply in the compute dtype (bf16 weights under bf16-mixed).
         self.engine = get_rollout_engine(config.rollout_engine, self.model, tokenizer, compute_dtype=self.precision.compute_dtype)
@@ -326,6 +333,15 @@ class GRPOTrainer:
         cap = f", cap {self.config.rollout_correction_cap:g}" if self.rollout_correction != "none" else ""
         return f"{self.precision.describe()}\nrollout_correction: {self.rollout_correction}{cap} — {self.rollout_correction_reason}"
 
+    def _prepare_teacher(self, teacher):
+        if teacher is None:
+            return None
+        if teacher.tokenizer is not None:  # its log-probabilities of our token ids must mean the same tokens
+            check_same_vocabulary(self.tokenizer, teacher.tokenizer, teacher.model.get_output_embeddings().weight.shape[0])
+        teacher.model.eval().requires_grad_(False)
+        self.teacher_packed = PackedLinears(teacher.model, dtype=self.precision.compute_dtype)  # (as the reference)
+        return teacher
+
     def _lr_factor(self, opt_step: int) -> float:
         cfg = self.config
         total = cfg.steps * cfg.num_iterations
@@ -389,6 +405,12 @@ class GRPOTrainer:
             ref_logp = None
             if cfg.beta != 0.0:
                 ref_logp = torch.cat([self._reference_logprobs(rollout, c, shared) for c in chunks])
+            teacher_logp = None
+            if self.teacher is not None:  # the teacher scores every token the student sampled
+                with self.teacher_packed:
+                    teacher_logp = torch.cat(
+                        [self._logprobs(self.teacher.model, rollout, c, shared)[0] for c in chunks]
+                    )
 
         # 5. Group-relative advantages (of the whole batch; this rank keeps its rows). With kl_in:
         #    reward, of the rewards less β·Σ k1 (grpo/loss.py: kl_reward_penalty); the loss has no KL then.
@@ -404,7 +426,7 @@ class GRPOTrainer:
         # 6. μ optimisation passes over this batch of rollouts.
         self.model.train()
         losses, clip = [], {"low": [], "high": [], "region": []}
-        entropies, grad_norms = [], []
+        entropies, grad_norms, distill_kl = [], [], []
         agreement: dict = {"weights": {}, "kl": [], "max_abs": [], "stats": []}  # sampler vs trainer, per micro-batch
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
@@ -414,10 +436,19 @@ class GRPOTrainer:
                     logp, entropy = self._logprobs(self.model, rollout, c, shared, with_entropy=not entropies)
                 if i not in agreement["weights"]:  # π_old is fixed for the μ passes: weights once per micro-batch
                     agreement["weights"][i] = self._sampler_agreement(rollout, c, logp if old_logp is None else old_logp[c], agreement)
+                chunk_advantages = advantages[c]
+                if teacher_logp is not None:  # per-token: −λ_KL·(log π_old − log π_T − r̄) + λ_R·A_i
+                    sampler_logp = logp if old_logp is None else old_logp[c]
+                    chunk_advantages = reverse_kl_advantages(
+                        sampler_logp, teacher_logp[c], loss_mask[c], advantages[c],
+                        self.teacher.kl_weight, self.teacher.reward_weight, self.teacher.baseline,
+                    )
+                    m = rollout.completion_mask[c].float()
+                    distill_kl.append((((reverse_kl(sampler_logp.detach(), teacher_logp[c]) * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
                 loss, stats = policy_loss(
                     logp,
                     None if old_logp is None or cfg.num_iterations == 1 else old_logp[c],
-                    advantages[c],
+                    chunk_advantages,
                     loss_mask[c],
                     epsilon_low=cfg.epsilon_low,
                     epsilon_high=cfg.epsilon_high,
@@ -486,6 +517,8 @@ class GRPOTrainer:
             metrics["mismatch/max_abs_logp"] = max(agreement["max_abs"])
         for key in sorted({k for stats, _ in agreement["stats"] for k in stats}):
             metrics[key] = _weighted_mean([(stats[key], n) for stats, n in agreement["stats"] if key in stats])
+        if distill_kl:  # mean per-token reverse KL(student ‖ teacher) on the sampled tokens
+            metrics["distill/reverse_kl"] = _weighted_mean(self.dist.gather(distill_kl))
         metrics.update(
             {
                 "loss": sum(losses) / len(losses) if losses else None,
@@ -655,6 +688,8 @@ class GRPOTrainer:
                 for row in sample:
                     append_jsonl(samples_path, row)
                 append_jsonl(metrics_path, metrics)
+                if self.on_step is not None:
+                    self.on_step(step, metrics, sample)
             history.append(metrics)
             self.step_done = step
             if step % cfg.save_every == 0 or step == cfg.steps:

@@ -63,6 +63,9 @@ class AblationRecipe:
     seeds: list[int] = field(default_factory=lambda: [0])
     output_dir: str | None = None  # default runs/<name>
     parallel: int = 1  # runs at once, each in its own process (1: in this process, one after another)
+    # stages whose per-step metrics are the curves of ablation.png; default: every grpo stage. E.g.
+    # [kd, rl_only] plots the students of a distillation ablation, not the teacher's RL before them.
+    curve_stages: list[str] | None = None
 
     def __post_init__(self):
         if not self.arms:
@@ -192,12 +195,12 @@ def _last_eval(run_dir: Path) -> dict:
     return summary
 
 
-def _rl_curve(run_dir: Path, key: str) -> list[float | None]:
-    """The key over all RL steps of a run, grpo stages back to back."""
+def _rl_curve(run_dir: Path, key: str, stages: list[str] | None = None) -> list[float | None]:
+    """The key over all RL steps of a run, grpo stages (or the named ``stages``) back to back."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     values = []
     for stage in manifest["stages"]:
-        if stage["kind"] == "grpo":
+        if (stage["name"] in stages) if stages is not None else stage["kind"] == "grpo":
             values += [r.get(key) for r in read_jsonl(run_dir / stage["name"] / "metrics.jsonl")]
     return values
 
@@ -239,12 +242,12 @@ def write_ablation(ablation: AblationRecipe, runs: list[ArmRun], out: Path) -> P
         cells = [_cell(info[key], 1 if key.startswith("mean_length") else 3) for _, key in TABLE_METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_cell(info['wall_time_s'], 0)} |")
     lines += ["", "![curves](ablation.png)", ""]
-    plot_ablation(runs, out / "ablation.png")
+    plot_ablation(runs, out / "ablation.png", ablation.curve_stages)
     atomic_write_json(out / "ablation.json", {arm: {k: v for k, v in info.items()} for arm, info in arms.items()})
     return atomic_write_text(out / "ablation.md", "\n".join(lines))
 
 
-def plot_ablation(runs: list[ArmRun], path: Path) -> Path:
+def plot_ablation(runs: list[ArmRun], path: Path, stages: list[str] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,7 +259,7 @@ def plot_ablation(runs: list[ArmRun], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
     for ax, (title, key) in zip(axes, CURVES):
         for arm in arms:
-            curves = [_rl_curve(r.run_dir, key) for r in runs if r.arm == arm]
+            curves = [_rl_curve(r.run_dir, key, stages) for r in runs if r.arm == arm]
             curves = [[v for v in c if v is not None] for c in curves]
             curves = [c for c in curves if c]
             if not curves:

@@ -3,6 +3,7 @@
     grpo train RECIPE [--set key=value ...] [--resume] [--num-processes N]   one GRPO run (N: data-parallel)
     grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run]   a staged recipe
     grpo ablate RECIPE [--set key=value ...]                 arms × seeds, compared
+    grpo eval MODEL [MODEL ...] --data SPEC [--samples k]    models against benchmarks, side by side
     grpo rewards list                                        registered reward functions
     grpo data list                                           named data sources (gsm8k, mgsm_en, ...)
     grpo models fetch [ALIAS] | grpo models list             embedded default models
@@ -94,6 +95,28 @@ def _cmd_ablate(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from grpo.schema import ConfigError
+    from grpo.templates import TemplateSpec
+    from pipelines.evaluate import EvalSettings, evaluate_models, main_table, parse_data_spec, parse_rewards
+
+    _single_process("eval")
+    try:
+        template = TemplateSpec(kind=args.template, system=args.system, instruction=args.instruction)
+    except ValueError as exc:
+        raise ConfigError(f"--template: {str(exc).removeprefix('kind: ')}") from None
+    settings = EvalSettings(
+        samples=args.samples, rewards=parse_rewards(args.rewards), template=template,
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+        max_prompts=args.max_prompts, batch_prompts=args.batch_prompts, seed=args.seed, dtype=args.dtype, device=args.device,
+    )
+    out = args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    started = time.perf_counter()
+    results = evaluate_models(args.models, [parse_data_spec(d) for d in args.data], settings, out)
+    print(f"\n{main_table(results)}\n\nresults: {out}/eval.md, {out}/eval.json  ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
 def _cmd_rewards_list(args) -> int:
     from rewards import list_rewards
 
@@ -141,6 +164,28 @@ def build_parser() -> argparse.ArgumentParser:
     ablate.add_argument("recipe", help="ablation recipe YAML (base, arms, seeds)")
     ablate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a value, e.g. seeds=[0,1]")
     ablate.set_defaults(func=_cmd_ablate)
+
+    ev = sub.add_parser("eval", help="evaluate models on data sets: pass@1, pass@k, maj@k, format and language rates")
+    ev.add_argument("models", nargs="+", metavar="MODEL", help="model alias, Hugging Face id or directory (several: side by side)")
+    ev.add_argument("--data", action="append", required=True, metavar="SPEC",
+                    help="named source (grpo data list), file, synthetic:<task>, hub id or a YAML DataSpec mapping; repeatable")
+    ev.add_argument("--samples", type=int, default=4, metavar="K", help="samples per prompt (default 4)")
+    ev.add_argument("--rewards", help="NAME[=WEIGHT],... or a YAML mapping; the first is the correctness reward "
+                    "(default accuracy,format,language_consistency; code for data with tests)")
+    ev.add_argument("--max-prompts", type=int, metavar="N", help="evaluate the first N prompts of each data set")
+    ev.add_argument("--template", default="chat", help="prompt template kind: chat, r1, plain (default chat)")
+    ev.add_argument("--system", help="system text of the template")
+    ev.add_argument("--instruction", help="text appended to every prompt")
+    ev.add_argument("--max-new-tokens", type=int, default=256)
+    ev.add_argument("--temperature", type=float, default=0.6)
+    ev.add_argument("--top-p", type=float, default=0.95)
+    ev.add_argument("--top-k", type=int, default=0)
+    ev.add_argument("--batch-prompts", type=int, default=8, help="prompts sampled together (default 8)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--out", metavar="DIR", help="output directory (default runs/eval-<time>)")
+    ev.set_defaults(func=_cmd_eval)
 
     rewards = sub.add_parser("rewards", help="reward functions")
     rewards_sub = rewards.add_subparsers(dest="action", required=True)

@@ -23,6 +23,7 @@ from grpo.models import DTYPE_NAMES
 from grpo.schema import ConfigError, from_dict, nearest, set_dotted, to_dict
 from grpo.scoring import RewardTerm
 from grpo.templates import TemplateSpec
+from grpo.tracking import TrackingSettings
 
 
 @dataclass
@@ -55,6 +56,10 @@ class Recipe:
     # `grpo run`: the stages, in order; each has name, kind, init and its kind's keys
     # (pipelines/stages/). Validated by pipelines.runner.plan_stages.
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # Experiment trackers (TRL's name): tensorboard, trackio, wandb, mlflow (grpo/tracking.py);
+    # a stage may set its own report_to. Offline by default; settings in `tracking:`.
+    report_to: list[str] = field(default_factory=list)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self):
         if isinstance(self.template, str):
@@ -67,6 +72,9 @@ class Recipe:
             raise ValueError(f"device: expected auto, cpu, cuda, cuda:<index> or mps, got {self.device!r}")
         if self.dtype.strip().lower().removeprefix("torch.") not in DTYPE_NAMES:
             raise ValueError(f"dtype: expected one of float32, bfloat16, float16, auto, got {self.dtype!r}")
+        from grpo.tracking import check_trackers
+
+        check_trackers(self.report_to)
 
     @property
     def run_dir(self) -> Path:

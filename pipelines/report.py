@@ -41,8 +41,8 @@ def write_report(run_dir: Path, manifest: dict) -> Path:
         md = run_dir / entry["name"] / "eval.md"
         if md.exists():
             lines += ["", md.read_text(encoding="utf-8").strip()]
-    rl = [(e["name"], read_jsonl(run_dir / e["name"] / "metrics.jsonl")) for e in manifest["stages"] if e["kind"] == "grpo"]
-    rl = [(name, rows) for name, rows in rl if rows]
+    rl = [(e["name"], read_jsonl(run_dir / e["name"] / "metrics.jsonl")) for e in manifest["stages"] if e["kind"] in ("grpo", "distill")]
+    rl = [(name, rows) for name, rows in rl if rows and "reward" in rows[0]]  # (an off-policy distill stage's are SFT metrics)
     if rl:
         plot_rl_stages(rl, run_dir / "curves.png")
         lines += ["", "## RL curves", "", "![RL curves](curves.png)"]

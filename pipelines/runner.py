@@ -36,7 +36,7 @@ from pipelines.recipe import Recipe, reward_terms
 from pipelines.stages import STAGE_KINDS
 from pipelines.stages.common import is_stage_ref, ref_name
 
-COMMON_KEYS = ("name", "kind", "init")
+COMMON_KEYS = ("name", "kind", "init", "report_to")  # report_to: this stage's trackers (default: the recipe's)
 
 
 @dataclass
@@ -48,6 +48,7 @@ class PlannedStage:
     config: Any  # the kind's Config dataclass
     depends_on: list[str] = field(default_factory=list)
     config_hash: str = ""
+    report_to: list[str] | None = None  # experiment trackers; None: the recipe's (not hashed: logging changes no result)
 
     @property
     def model_ref(self) -> str | None:
@@ -97,8 +98,20 @@ def plan_stages(recipe: Recipe) -> list[PlannedStage]:
                 reward_terms(config.rewards)  # names resolve, user functions import and are callable
             except ConfigError as exc:
                 raise ConfigError(f"{path}.{exc}") from None
-        stage = PlannedStage(i, name, kind, init, config)
-        for label, ref, needs in (("init", stage.model_ref, "model"), ("data", stage.data_ref, "data")):
+        report_to = raw.get("report_to")
+        if report_to is not None:
+            from grpo.tracking import check_trackers
+
+            if not isinstance(report_to, list) or not all(isinstance(t, str) for t in report_to):
+                raise ConfigError(f"{path}.report_to: expected a list of tracker names, got {report_to!r}")
+            try:
+                check_trackers(report_to, f"{path}.report_to")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        stage = PlannedStage(i, name, kind, init, config, report_to=report_to)
+        refs = [("init", stage.model_ref, "model"), ("data", stage.data_ref, "data")]
+        refs += [(key, ref_name(getattr(config, key)), "model") for key in _model_refs(kind) if is_stage_ref(getattr(config, key, None))]
+        for label, ref, needs in refs:
             if ref is None:
                 continue
             _check_reference(recipe, names, i, label, ref, needs)
@@ -132,7 +145,7 @@ def _check_reference(recipe: Recipe, names: list, i: int, label: str, ref: str, 
 def _cycle_from(recipe: Recipe, names: list, j: int, target: str, seen=()) -> list[str] | None:
     """Follow references from stage j; the path back to ``target`` if there is one."""
     raw = recipe.stages[j]
-    refs = [ref_name(v) for v in (raw.get("init"), raw.get("data")) if is_stage_ref(v)]
+    refs = [ref_name(v) for v in (raw.get("init"), raw.get("data"), *(raw.get(k) for k in _model_refs(raw.get("kind")))) if is_stage_ref(v)]
     for ref in refs:
         if ref == target:
             return [names[j], target]
@@ -141,6 +154,11 @@ def _cycle_from(recipe: Recipe, names: list, j: int, target: str, seen=()) -> li
             if rest:
                 return [names[j], *rest]
     return None
+
+
+def _model_refs(kind) -> tuple[str, ...]:
+    """Config keys of a stage kind that name a model besides ``init`` (e.g. a distill stage's ``teacher``)."""
+    return getattr(STAGE_KINDS.get(kind), "model_refs", ())
 
 
 def _explicit(value):
@@ -242,6 +260,10 @@ class Runner:
             inputs["model"] = self.recipe.model if stage.init == "base" else stage.init
         if stage.data_ref:
             inputs["data"] = self._output_path(stage.data_ref, "data")
+        for key in _model_refs(stage.kind):
+            value = getattr(stage.config, key, None)
+            if value is not None:
+                inputs[key] = self._output_path(ref_name(value), "model") if is_stage_ref(value) else value
         return inputs
 
     def _output_path(self, name: str, what: str) -> str:
@@ -264,6 +286,25 @@ class Runner:
         atomic_write_text(self.run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True))
         manifest = self.load_manifest()
         self.save_manifest(manifest)
+        self.trackers = self._open_trackers()
+        try:
+            self._run_plan(manifest, from_stage, only)
+        finally:
+            if self.trackers is not None:
+                self.trackers.finish()
+        write_report(self.run_dir, manifest)
+        return manifest
+
+    def _open_trackers(self):
+        """One tracker run per recipe run: every tracker any stage reports to (each stage under its name)."""
+        from pipelines.train import open_recipe_trackers
+
+        names = [*self.recipe.report_to, *(t for s in self.plan for t in (s.report_to or []))]
+        return open_recipe_trackers(self.recipe, self.run_dir, names)
+
+    def _run_plan(self, manifest: dict, from_stage: str | None, only: str | None) -> None:
+        from pipelines.report import write_report
+
         forced = set()
         if from_stage:
             forced = {s.name for s in self.plan if s.index >= self.by_name[from_stage].index}
@@ -277,8 +318,6 @@ class Runner:
                 continue
             self._run_stage(stage, entry, manifest)
             write_report(self.run_dir, manifest)
-        write_report(self.run_dir, manifest)
-        return manifest
 
     def _run_stage(self, stage: PlannedStage, entry: dict, manifest: dict) -> None:
         from pipelines.stages.base import StageContext
@@ -301,9 +340,12 @@ class Runner:
         entry.pop("error", None)
         self.save_manifest(manifest)
         started = time.perf_counter()
+        trackers = getattr(self, "trackers", None)
+        tracker = trackers.scoped(stage.name, stage.report_to if stage.report_to is not None else self.recipe.report_to) if trackers else None
         ctx = StageContext(
             name=stage.name, config=stage.config, recipe=self.recipe, work_dir=work, init_model=inputs["model"],
             data_path=inputs.get("data"), resume=resume, seed=self.recipe.seed, progress=self.progress,
+            tracker=tracker if tracker and tracker.trackers else None, inputs=inputs,
         )
         try:
             result = stage_cls().run(ctx)
@@ -312,6 +354,8 @@ class Runner:
             self.save_manifest(manifest)
             raise
         wall = time.perf_counter() - started
+        if ctx.tracker is not None:
+            ctx.tracker.log_summary({**result.metrics, "wall_time_s": wall})
         info = {
             "name": stage.name, "kind": stage.kind, "config_hash": stage.config_hash, "inputs": inputs,
             "outputs": result.outputs, "metrics": _jsonable(result.metrics), "wall_time_s": wall, "finished": _now(),
@@ -383,6 +427,10 @@ def dry_run(recipe: Recipe, run_dir: Path | None = None) -> str:
             reward_terms(rewards)
         if stage.init not in ("base",) and not stage.model_ref:
             resolve_model_path(stage.init)
+        for key in _model_refs(stage.kind):
+            if getattr(cfg, key, None) is not None and not is_stage_ref(getattr(cfg, key)):
+                resolve_model_path(getattr(cfg, key))
+                checks.append(f"stages.{stage.name}.{key} {getattr(cfg, key)}: found")
         data = getattr(cfg, "data", None)
         if data is not None and not is_stage_ref(data):
             check_data(data_spec(data, None, None, stage.name), stage.kind == "sft", f"stages.{stage.name}.data")

@@ -120,8 +120,13 @@ def load_for_training(model: str, precision: str | None, dtype: str, device: str
 
 
 def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
-             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, precision: str | None = None):
-    """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult."""
+             seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, on_step=None,
+             teacher: dict | None = None, precision: str | None = None):
+    """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult.
+    ``on_step``: the trainer's per-step hook (experiment trackers). ``teacher``: on-policy
+    distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R, "baseline": bool}`` (grpo/distill.py).
+    ``precision``: the recipe's (grpo/precision.py; unset: from ``dtype``)."""
+    from grpo.models import load_model_and_tokenizer
     from grpo.trainer import GRPOTrainer
 
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
@@ -131,7 +136,15 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
     if prepared.report() and is_main_process():
         print(prepared.report())
-    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, precision=resolved)
+    distill = None
+    if teacher is not None:
+        from grpo.distill import Teacher
+
+        teacher_model, teacher_tokenizer = load_model_and_tokenizer(teacher["model"], dtype=dtype, device=device)
+        distill = Teacher(teacher_model, teacher_tokenizer, teacher.get("kl_weight", 1.0), teacher.get("reward_weight", 0.0),
+                          teacher.get("baseline", True))
+    trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill,
+                          precision=resolved)
     if is_main_process():
         print(trainer.describe_precision(), flush=True)  # also in <run dir>/precision.json
     return trainer.train(resume=resume)
@@ -143,6 +156,17 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise FileExistsError(f"run directory '{run_dir}' already holds a run; pass --resume to continue it or set output_dir")
 
 
+def open_recipe_trackers(recipe: Recipe, run_dir: Path, names: list[str] | None = None):
+    """One run of each tracker ``names`` (default: the recipe's ``report_to``), the resolved
+    recipe as its config; None when there are none."""
+    from grpo.tracking import open_trackers
+
+    names = recipe.report_to if names is None else names
+    if not names:
+        return None
+    return open_trackers(names, run_dir, recipe.name, to_dict(recipe), recipe.tracking)
+
+
 def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path | None = None):
     """``grpo train``: the recipe's GRPO run in its run directory; returns (TrainResult, summary)."""
     run_dir = Path(run_dir or recipe.run_dir)
@@ -152,9 +176,14 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
     if is_main_process():  # with several processes (grpo/distributed.py) rank 0 writes the files
         atomic_write_text(run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False, allow_unicode=True))
     started = time.perf_counter()
-    result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
-                      config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume,
-                      precision=recipe.precision)
+    trackers = open_recipe_trackers(recipe, run_dir) if is_main_process() else None
+    try:
+        result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
+                          config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume,
+                          on_step=trackers.on_step if trackers else None, precision=recipe.precision)
+    finally:
+        if trackers:
+            trackers.finish()
     summary = summarize(result.metrics)
     summary["wall_time_s"] = time.perf_counter() - started
     return result, summary

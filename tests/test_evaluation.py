@@ -6,16 +6,21 @@ sampling runs on the tiny offline model.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from grpo.evaluation import (
     KeepRules,
+    comparison_markdown,
     evaluation_summary,
     maj_at_k,
     mean_length,
     mean_reward,
     mix_with,
     pass_at_1,
+    pass_at_k,
+    pass_at_k_estimate,
     rate,
     sample_completions,
     score_samples,
@@ -83,6 +88,31 @@ def test_maj_at_k_votes_ties_and_missing_answers():
     assert pass_at_1(samples) == pytest.approx((0.5 + 0.4 + 0.0 + 2 / 3 + 0.5) / 5)
 
 
+def test_pass_at_k_unbiased_estimator_against_hand_computed_values():
+    # 1 − C(n−c, k)/C(n, k): n=5, c=2, k=2 → 1 − C(3,2)/C(5,2) = 1 − 3/10
+    assert pass_at_k_estimate(5, 2, 2) == pytest.approx(0.7)
+    assert pass_at_k_estimate(5, 2, 1) == pytest.approx(2 / 5)  # pass@1 = c/n
+    assert pass_at_k_estimate(10, 3, 5) == pytest.approx(1 - math.comb(7, 5) / math.comb(10, 5))  # = 1 − 21/252
+    assert pass_at_k_estimate(4, 0, 2) == 0.0 and pass_at_k_estimate(4, 3, 2) == 1.0  # n − c < k: certain
+    with pytest.raises(ValueError, match="1 ≤ k ≤ n"):
+        pass_at_k_estimate(2, 1, 3)
+    samples = [rec(0, j, v, None) for j, v in enumerate([1.0, 0.0, 0.0, 1.0])] + [rec(1, j, 0.0, None) for j in range(4)]
+    samples += [rec(2, 0, 1.0, None), rec(2, 1, None, None)]  # one valid sample < k=2: left out
+    # prompt 0: 1 − C(2,2)/C(4,2) = 5/6; prompt 1: 0
+    assert pass_at_k(samples, 2) == pytest.approx((5 / 6 + 0.0) / 2)
+    assert pass_at_k(samples, 1) == pytest.approx((0.5 + 0.0 + 1.0) / 3)  # k = 1 is pass@1
+    with pytest.raises(KeyError, match="acuracy"):
+        pass_at_k(samples, 2, "acuracy")
+
+
+def test_comparison_markdown_puts_models_side_by_side():
+    a = {"samples_per_prompt": 4, "pass@1": 0.25, "maj@k": 0.5}
+    b = {"samples_per_prompt": 4, "pass@1": 0.75}
+    table = comparison_markdown({"base": a, "rl": b}, "gsm8k")
+    assert table.splitlines()[:4] == ["### gsm8k", "", "| metric | base | rl |", "|---|---|---|"]
+    assert "| pass@1 | 0.2500 | 0.7500 |" in table and "| maj@4 | 0.5000 | – |" in table
+
+
 def test_rates_means_and_lengths():
     samples = [
         rec(0, 0, 1.0, "1", length=10, format=1.0, language_consistency=1.0),
@@ -106,6 +136,7 @@ def test_rates_means_and_lengths():
             "num_samples": 4,
             "samples_per_prompt": 2,
             "pass@1": (0.5 + 1.0) / 2,
+            "pass@k": 1.0,  # prompt 0: one of 2 correct, pass@2 = 1; prompt 1 has 1 valid sample < k: not counted
             "maj@k": (1.0 + 1.0) / 2,  # prompt 0: tie "1"/"2", "1" first and correct
             "format_rate": 2 / 3,
             "language_consistency": 3.35 / 4,
@@ -126,7 +157,7 @@ def test_rates_means_and_lengths():
 
     table = summary_markdown(summary, "eval: demo")
     assert table.startswith("### eval: demo\n\n| metric | value |\n|---|---|\n")
-    assert "| pass@1 | 0.7500 |" in table and "| maj@2 | 1.0000 |" in table and "| num_prompts | 2 |" in table
+    assert "| pass@1 | 0.7500 |" in table and "| maj@2 | 1.0000 |" in table and "| pass@2 | 1.0000 |" in table and "| num_prompts | 2 |" in table
     assert summary_markdown({"x": None, "y": 123.456}, "t").endswith("| x | – |\n| y | 123.5 |\n")
 
 
@@ -259,6 +290,11 @@ def test_score_samples_passes_columns_and_combines_weights():
     assert not {"row", "sample", "length", "truncated", "prompt", "completion"} & set(seen)
     assert "rewards" not in samples[0]  # inputs are not modified
     assert score_samples(scored, terms) == scored  # re-scoring scored records gives the same
+    # lenient accuracy (fallback: last_number): the vote counts the answers it grades
+    prose = [{**samples[0], "completion": "so 2 + 3 = 5 apples", "sample": j} for j in range(2)]
+    lenient = score_samples(prose, [RewardTerm("accuracy", accuracy_reward, 1.0, params={"fallback": "last_number"})])
+    assert [s["answer"] for s in lenient] == ["5", "5"] and maj_at_k(lenient) == 1.0 == pass_at_1(lenient)
+    assert [s["answer"] for s in score_samples(prose, terms)] == [None, None]
 
 
 # --- sampling on the tiny model -------------------------------------------------------------

@@ -40,6 +40,8 @@ class StageContext:
     resume: bool  # work_dir holds an interrupted attempt of this same configuration
     seed: int
     progress: bool = True
+    tracker: Any = None  # grpo.tracking.TrackerLogger under this stage's name, when the recipe reports to trackers
+    inputs: dict[str, str] = field(default_factory=dict)  # resolved inputs: model, data, and a kind's model_refs (teacher)
 
 
 @dataclass
@@ -52,6 +54,8 @@ class Stage:
     kind: ClassVar[str]
     Config: ClassVar[type]
     produces: ClassVar[tuple[str, ...]] = ()
+    # Config keys naming another model (a model name or stages.<name>), resolved by the runner into ctx.inputs.
+    model_refs: ClassVar[tuple[str, ...]] = ()
 
     def run(self, ctx: StageContext) -> StageResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -53,6 +53,7 @@ class GRPOStage(Stage):
             device=recipe.device,
             resume=ctx.resume,
             precision=recipe.precision,
+            on_step=ctx.tracker.on_step if ctx.tracker else None,
         )
         summary = summarize(result.metrics)
         metrics = {"steps": result.steps_done}

@@ -23,25 +23,35 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps({k: v for k, v in r.items() if k != "completion_ids"}, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None):
-    """Rendered prompts of the stage's data, n samples each, from the init model."""
+def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None, model: str | None = None):
+    """Rendered prompts of the stage's data, n samples each, from the init model (or ``model``)."""
     from grpo.data import load_rows
-    from grpo.evaluation import sample_completions
     from grpo.models import load_model_and_tokenizer
-    from pipelines.train import model_max_positions, prepare_rows
 
     rows = load_rows(data)
     if max_prompts is not None:
         rows = rows[:max_prompts]
-    model, tokenizer = load_model_and_tokenizer(ctx.init_model, dtype=ctx.recipe.dtype, device=ctx.recipe.device)
-    params = sampling.resolved(ctx.recipe.grpo)
-    prepared = prepare_rows(rows, template, tokenizer, ctx.recipe.grpo.max_prompt_length,
+    policy, tokenizer = load_model_and_tokenizer(model or ctx.init_model, dtype=ctx.recipe.dtype, device=ctx.recipe.device)
+    return sample_rows(
+        policy, tokenizer, rows, template, sampling.resolved(ctx.recipe.grpo), n, seed=ctx.seed, batch_prompts=sampling.batch_prompts,
+        max_prompt_length=ctx.recipe.grpo.max_prompt_length, progress=ctx.progress, label=ctx.name,
+    )
+
+
+def sample_rows(model, tokenizer, rows: list[dict], template, params: dict, n: int, *, seed: int, batch_prompts: int = 8,
+                max_prompt_length: int | None = None, progress: bool = True, label: str = "sampling") -> list[dict]:
+    """``rows`` rendered with ``template`` (too-long prompts dropped, with a count), n samples each.
+
+    ``params``: max_new_tokens, temperature, top_p, top_k. Used by the sampling stages and `grpo eval`.
+    """
+    from grpo.evaluation import sample_completions
+    from pipelines.train import model_max_positions, prepare_rows
+
+    prepared = prepare_rows(rows, template, tokenizer, max_prompt_length,
                             max_new_tokens=params["max_new_tokens"], max_positions=model_max_positions(model))
     if prepared.report():
-        print(f"[{ctx.name}] {prepared.report()}")
-    return sample_completions(
-        model, tokenizer, prepared.rows, n, seed=ctx.seed, batch_prompts=sampling.batch_prompts, progress=ctx.progress, **params
-    )
+        print(f"[{label}] {prepared.report()}")
+    return sample_completions(model, tokenizer, prepared.rows, n, seed=seed, batch_prompts=batch_prompts, progress=progress, **params)
 
 
 def _scored(ctx, samples, rewards):
@@ -50,6 +60,18 @@ def _scored(ctx, samples, rewards):
 
     terms = reward_terms(rewards or ctx.recipe.rewards)
     return score_samples(samples, terms), terms
+
+
+def write_evaluation(out_dir, scored: list[dict], terms, title: str, model: str, accuracy: str = "accuracy", majority: bool = True) -> dict:
+    """The figures of scored samples into ``out_dir``: eval.json, eval.md, samples.jsonl; returns the summary."""
+    from grpo.evaluation import evaluation_summary, summary_markdown
+
+    summary = evaluation_summary(scored, terms, accuracy=accuracy, majority=majority)
+    summary["model"] = model
+    atomic_write_text(out_dir / "samples.jsonl", _jsonl(scored))
+    atomic_write_json(out_dir / "eval.json", summary)
+    atomic_write_text(out_dir / "eval.md", summary_markdown(summary, title=title))
+    return summary
 
 
 @dataclass
@@ -115,36 +137,47 @@ class RejectionSamplingStage(Stage):
                 raise ConfigError(f"{path}.keep.{name}: not one of this stage's rewards ({', '.join(sorted(names))})")
 
     def run(self, ctx: StageContext) -> StageResult:
-        from grpo.data import DataError, load_sft_rows
-        from grpo.evaluation import KeepRules, mix_with, select_samples, to_sft_rows
-
-        cfg = ctx.config
-        data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
-        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
-        scored, _ = _scored(ctx, samples, cfg.rewards)
-        rules = KeepRules(
-            min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
-            drop_truncated=cfg.drop_truncated, dedupe=cfg.dedupe, max_per_prompt=cfg.max_per_prompt,
-        )
-        kept, stats = select_samples(scored, rules)
-        rows = to_sft_rows(kept)
-        if cfg.mix is not None:
-            general = load_sft_rows(data_spec(cfg.mix.data, None, None, f"stages.{ctx.name}.mix.data"))
-            rows = mix_with(rows, general, cfg.mix.ratio, seed=ctx.seed)
-            stats["mixed_general_rows"] = len(rows) - len(kept)
-        if not rows:
-            raise DataError(
-                f"stage {ctx.name}: no sample passed the filters ({stats['total']} sampled; rejected: {stats['rejected']}); "
-                "loosen keep: or sample more"
-            )
-        atomic_write_text(ctx.work_dir / "samples.jsonl", _jsonl(scored))
-        atomic_write_json(ctx.work_dir / "stats.json", stats)
-        # pause_point: a test hook, inert unless GRPO_TEST_PAUSE_IN=rejection_sampling_write (tests/test_kill.py)
-        atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(rows), pause_point="rejection_sampling_write")
+        rows, stats, scored = rejection_sample(ctx, ctx.config)
+        write_rejection_sampling(ctx.work_dir, rows, stats, scored)
         return StageResult(
             outputs={"data": "data.jsonl"},
             metrics={"sampled": stats["total"], "kept": stats["kept"], "rows": len(rows), "keep_rate": stats["kept"] / max(1, stats["total"])},
         )
+
+
+def rejection_sample(ctx: StageContext, cfg: RejectionSamplingConfig, model: str | None = None) -> tuple[list[dict], dict, list[dict]]:
+    """Sample ``cfg``'s prompts from ``model`` (default: the stage's init model), score, keep what
+    passes: (SFT rows, filtering statistics, every scored sample). Also the distill stage's teacher sampling."""
+    from grpo.data import DataError, load_sft_rows
+    from grpo.evaluation import KeepRules, mix_with, select_samples, to_sft_rows
+
+    data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
+    samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts, model)
+    scored, _ = _scored(ctx, samples, cfg.rewards)
+    rules = KeepRules(
+        min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
+        drop_truncated=cfg.drop_truncated, dedupe=cfg.dedupe, max_per_prompt=cfg.max_per_prompt,
+    )
+    kept, stats = select_samples(scored, rules)
+    rows = to_sft_rows(kept)
+    if cfg.mix is not None:
+        general = load_sft_rows(data_spec(cfg.mix.data, None, None, f"stages.{ctx.name}.mix.data"))
+        rows = mix_with(rows, general, cfg.mix.ratio, seed=ctx.seed)
+        stats["mixed_general_rows"] = len(rows) - len(kept)
+    if not rows:
+        raise DataError(
+            f"stage {ctx.name}: no sample passed the filters ({stats['total']} sampled; rejected: {stats['rejected']}); "
+            "loosen keep: or sample more"
+        )
+    return rows, stats, scored
+
+
+def write_rejection_sampling(work_dir, rows: list[dict], stats: dict, scored: list[dict]) -> None:
+    """samples.jsonl, stats.json, then data.jsonl (last: a stage whose data.jsonl exists is complete)."""
+    atomic_write_text(work_dir / "samples.jsonl", _jsonl(scored))
+    atomic_write_json(work_dir / "stats.json", stats)
+    # pause_point: a test hook, inert unless GRPO_TEST_PAUSE_IN=rejection_sampling_write (tests/test_kill.py)
+    atomic_write_text(work_dir / "data.jsonl", _jsonl(rows), pause_point="rejection_sampling_write")
 
 
 @dataclass
@@ -165,15 +198,9 @@ class EvalStage(Stage):
     produces = ("data",)
 
     def run(self, ctx: StageContext) -> StageResult:
-        from grpo.evaluation import evaluation_summary, summary_markdown
-
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.eval, ctx.data_path, f"stages.{ctx.name}.data")
         samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
         scored, terms = _scored(ctx, samples, cfg.rewards)
-        summary = evaluation_summary(scored, terms)
-        summary["model"] = ctx.init_model
-        atomic_write_text(ctx.work_dir / "samples.jsonl", _jsonl(scored))
-        atomic_write_json(ctx.work_dir / "eval.json", summary)
-        atomic_write_text(ctx.work_dir / "eval.md", summary_markdown(summary, title=f"{ctx.name}: {ctx.init_model}"))
+        summary = write_evaluation(ctx.work_dir, scored, terms, f"{ctx.name}: {ctx.init_model}", ctx.init_model)
         return StageResult(outputs={"data": "samples.jsonl"}, metrics=summary)

@@ -46,9 +46,14 @@ class SFTStage(Stage):
         settings = self.settings(cfg, f"stages.{ctx.name}.sft")
         settings.progress = settings.progress and ctx.progress
         rows = load_sft_rows(data_spec(cfg.data, None, ctx.data_path, f"stages.{ctx.name}.data"))
+        callbacks = []
+        if ctx.tracker is not None:
+            from grpo.tracking import trainer_callback
+
+            callbacks.append(trainer_callback(ctx.tracker))
         train_sft(
             ctx.init_model, rows, template_of(cfg.template, recipe.template), settings, ctx.work_dir,
-            seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, precision=recipe.precision,
+            seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, precision=recipe.precision,
         )
         losses = [r["loss"] for r in read_jsonl(ctx.work_dir / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
         metrics = {"rows": len(rows)}
