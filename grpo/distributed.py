@@ -1,34 +1,35 @@
-"""Data-parallel GRPO: N processes, one model copy each, the same step as one process.
+"""GRPO over several processes: who holds which prompts, and the few collectives only GRPO needs.
 
-Launch with ``grpo train RECIPE --num-processes N`` (``torchrun`` underneath) or with
-``accelerate launch [--config_file configs/accelerate/ddp_cpu.yaml] -m pipelines.cli train RECIPE``.
-accelerate's ``PartialState`` reads the launcher's environment and joins the process group
-(gloo on CPU, NCCL for a model on a GPU). How step k is shared out among the N ranks:
+Launch with ``grpo train RECIPE --num-processes N`` (torchrun underneath; ``--nnodes/--node-rank/
+--master-addr`` for several machines) or ``accelerate launch --config_file configs/accelerate/...
+-m pipelines.cli train RECIPE``. accelerate's ``PartialState`` reads the launcher's environment
+and joins the process group (gloo on CPU, NCCL for a model on a GPU).
+
+The weights are PyTorch's engines' business (grpo/parallel.py): ``distributed.strategy: ddp``
+(DistributedDataParallel, every rank holds the model) or ``fsdp`` (FSDP2 ``fully_shard`` per
+decoder layer). What is left here is what only GRPO needs, the same under both:
 
     the step's B prompts      rank r takes prompts [r·B/N, (r+1)·B/N): whole groups only, and
                               samples prompt i with the seed of its index i in the whole batch,
-                              so its rows are exactly rows of the one-process run
-    rewards                   gathered from every rank: the advantages (any estimator) and the
-                              reward metrics are those of the whole batch; each rank keeps its rows
-    the loss                  ``BatchShape`` holds the whole batch's sizes (all ranks' rows and
-                              tokens), so a rank's loss is its rows' *share* of the batch loss and
-                              the shares add up to the one-process loss
-    gradients                 summed over the ranks after the micro-batches (not averaged: the
-                              shares already carry the normalisation), then clipped and applied
-                              by every rank alike, so the weights stay identical everywhere
-    files                     rank 0 writes metrics, samples, checkpoints and the final model;
-                              the others wait at a barrier. A resumed run loads the same
-                              checkpoint on every rank.
+                              so its rows are exactly rows of the one-process run (no exchange)
+    rewards                   ``gather_scores``: one all-gather of every rank's scores, so the
+                              advantages (any estimator) and the reward metrics are the whole
+                              batch's; each rank keeps its rows (``local``)
+    counts                    ``whole_batch_shape``: one all-gather of every row's token count:
+                              ``BatchShape`` holds the whole batch's sequence and token counts, so
+                              a rank's loss is its rows' *share* of the batch loss and the shares
+                              add up to the one-process loss (the engines sum the gradients)
+    loss                      ``sum``: one all-reduce of the ranks' loss shares per pass (the
+                              logged loss; a NaN anywhere skips the update everywhere)
+    metrics                   ``gather_lists``: one all-gather of the per-row figures the metrics
+                              and the logged completions need
+    files                     rank 0 writes metrics, samples and the final model; every rank
+                              writes its shards of a checkpoint (``torch.distributed.checkpoint``)
 
 Micro-batches (``gradient_accumulation_steps`` = g) are counted over the whole batch too: a
 micro-batch is (B·G)/g rows whatever N is. With g ≥ N each rank runs g/N whole micro-batches;
 with g < N each micro-batch is spread over N/g ranks (``BatchShape.micro_batch_tokens`` then
 holds its token count, which ``bnpo`` divides by). So g must be a multiple or a divisor of N.
-
-The model is not wrapped in ``DistributedDataParallel``: the gradients are summed explicitly
-once per optimiser step (:meth:`DataParallel.sum_gradients`), so the rollout engine, the
-prompt-sharing forwards (two forwards per backward) and checkpoints see the plain model.
-DeepSpeed and FSDP (parameter sharding) are not supported by the trainer yet.
 
 In one process :class:`DataParallel` is a stand-in whose collectives return their input, and
 nothing of ``torch.distributed`` or accelerate is touched.
@@ -37,46 +38,23 @@ nothing of ``torch.distributed`` or accelerate is touched.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field, replace
 
 import torch
 
 from grpo.config import GRPOConfig
+from grpo.launch import DistributedSettings, launched_world_size
 from grpo.loss import BatchShape
 from grpo.schema import ConfigError
 
-_RANK_VARIABLES = ("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
-_WORLD_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
-_BUCKET_BYTES = 64 * 2**20  # gradients are summed in flat buckets of at most this size
 
-
-def _env_int(names: tuple[str, ...], default: int) -> int:
-    for name in names:
-        if os.environ.get(name, "").strip():
-            return int(os.environ[name])
-    return default
-
-
-def launched_world_size() -> int:
-    """How many processes the launcher (torchrun, accelerate launch, mpirun) started; 1 without one."""
-    return _env_int(_WORLD_VARIABLES, 1)
-
-
-def is_main_process() -> bool:
-    """Rank 0, or no launcher: read from the environment, usable before the process group exists."""
-    return launched_world_size() <= 1 or _env_int(_RANK_VARIABLES, 0) == 0
-
-
-def check_data_parallel(config: GRPOConfig, world_size: int) -> None:
+def check_data_parallel(config: GRPOConfig, world_size: int, settings: DistributedSettings | None = None) -> None:
     """ConfigError (one line, naming the field) when ``config`` cannot be split over ``world_size`` ranks."""
     if world_size <= 1:
         return
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" or os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
-        raise ConfigError(
-            "accelerate config: the GRPO trainer is data-parallel only (every rank holds the whole model); "
-            "DeepSpeed and FSDP are not supported yet: launch with configs/accelerate/ddp_cpu.yaml or ddp_multi_gpu.yaml"
-        )
+    settings = (settings or DistributedSettings()).from_launcher()
+    if os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower() not in ("no", "") and settings.strategy != "fsdp":
+        raise ConfigError("accelerate config: mixed_precision applies to fsdp only; with ddp the recipe's dtype sets the precision (mixed_precision: 'no')")
     if config.prompts_per_step % world_size:
         raise ConfigError(
             f"grpo.prompts_per_step: must be divisible by the number of processes ({world_size}) so that each "
@@ -93,7 +71,8 @@ def check_data_parallel(config: GRPOConfig, world_size: int) -> None:
 
 @dataclass
 class DataParallel:
-    """This process's place among the data-parallel ranks, and the collectives a GRPO step needs.
+    """This process's place among the ranks, and the collectives a GRPO step needs (the weights'
+    own are the engines', grpo/parallel.py).
 
     ``rank``/``world_size`` are 0/1 in a single process, where every method returns its input.
     """
@@ -112,27 +91,27 @@ class DataParallel:
         return self.world_size > 1
 
     @classmethod
-    def from_environment(cls, config: GRPOConfig, model) -> "DataParallel":
-        """Join the launcher's process group (through accelerate) when there is one, check that
-        ``config`` splits over it, and start every rank from rank 0's weights."""
+    def from_environment(cls, config: GRPOConfig, device: torch.device, settings: DistributedSettings | None = None) -> "DataParallel":
+        """Join the launcher's process group (through accelerate) when there is one, and check that
+        ``config`` splits over it. ``device``: where the model trains (it picks gloo or NCCL)."""
         if launched_world_size() <= 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             return cls()
-        check_data_parallel(config, launched_world_size())  # before joining: errors come without a rendezvous
-        import torch.distributed as dist
-        from accelerate import PartialState
-
-        device = next(model.parameters()).device
-        # cpu=True: gloo, and no GPU is claimed for a model that lives on the CPU.
-        state = PartialState(cpu=device.type == "cpu")
+        check_data_parallel(config, launched_world_size(), settings)  # before joining: errors come without a rendezvous
+        state = join_process_group(device)
         if state.num_processes <= 1:
             return cls()
-        check_data_parallel(config, state.num_processes)
+        check_data_parallel(config, state.num_processes, settings)
+        return cls.of_process_group(device)
+
+    @classmethod
+    def of_process_group(cls, device: torch.device) -> "DataParallel":
+        """This rank in the process group that is already joined."""
+        import torch.distributed as dist
+
         # Objects and CPU tensors need a gloo group when the default backend is NCCL (a GPU launch).
         group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         device_group = group if device.type == "cpu" else None
-        self = cls(rank=state.process_index, world_size=state.num_processes, group=group, device_group=device_group)
-        self.broadcast_parameters(model)
-        return self
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(), group=group, device_group=device_group)
 
     # --- the batch ----------------------------------------------------------------------
 
@@ -178,12 +157,11 @@ class DataParallel:
         torch.distributed.all_gather_object(parts, values, group=self.group)
         return {k: [v for part in parts for v in part[k]] for k in values}
 
-    def first_micro_batch_mean(self, value: float, tokens: int, micro_batches: int) -> float:
-        """A token mean measured on the batch's first micro-batch only (the trainer's entropy):
-        this rank's ``value`` over ``tokens`` tokens, combined over the ranks holding a slice of it."""
-        if not self.active:
-            return value
-        parts = self.gather([(value, tokens)])[: max(1, self.world_size // micro_batches)]
+    def first_micro_batch_mean(self, parts: list[tuple[float, int]], micro_batches: int) -> float:
+        """A token mean measured on the batch's first micro-batch only (the trainer's entropy), from
+        every rank's ``(value, tokens)`` in rank order (``gather_lists``): the ranks holding a slice
+        of that micro-batch combined, weighted by their tokens."""
+        parts = parts[: max(1, self.world_size // micro_batches)]
         if len(parts) == 1:
             return parts[0][0]
         total = sum(n for _, n in parts)
@@ -215,46 +193,31 @@ class DataParallel:
         merged.extra_metrics = extra
         return merged
 
-    def sum_gradients(self, params: list[torch.Tensor]) -> None:
-        """Sum ``.grad`` over the ranks in place (a missing gradient counts as zeros), a few flat
-        buckets of same-dtype gradients at a time."""
-        if not self.active:
-            return
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        bucket: list[torch.Tensor] = []
-
-        def reduce_bucket():
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            torch.distributed.all_reduce(flat, group=self.device_group)
-            for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
-                g.copy_(part.view_as(g))
-            bucket.clear()
-
-        for p in params:
-            g = p.grad
-            if bucket and (g.dtype != bucket[0].dtype or sum(b.numel() * b.element_size() for b in bucket) > _BUCKET_BYTES):
-                reduce_bucket()
-            bucket.append(g)
-        if bucket:
-            reduce_bucket()
-
     def broadcast_parameters(self, model) -> None:
         """Every rank takes rank 0's weights (they are equal already when all load the same files)."""
         if not self.active:
             return
         with torch.no_grad():
             for p in model.parameters():
-                torch.distributed.broadcast(p.data, src=0, group=self.device_group)
+                group = self.group if p.device.type == "cpu" else self.device_group
+                torch.distributed.broadcast(p.data, src=0, group=group)
+
+    def broadcast_object(self, value):
+        """Rank 0's ``value`` on every rank."""
+        if not self.active:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
 
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier(group=self.group)
 
 
-def relaunch_command(num_processes: int, argv: list[str]) -> list[str]:
-    """The command that runs ``python -m pipelines.cli <argv>`` in ``num_processes`` local processes:
-    torchrun (what ``accelerate launch`` runs for several processes too), on a free port."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={num_processes}",
-            "-m", "pipelines.cli", *argv]
+def join_process_group(device: torch.device):
+    """accelerate's ``PartialState`` for this launch: gloo for a model on the CPU (no GPU is
+    claimed), NCCL for one on a GPU. Joining twice returns the same state."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device.type == "cpu")

@@ -103,6 +103,7 @@ def sample_completions(
     progress: bool = False,
     keep_ids: bool = True,
     *,
+    shard: tuple[int, int] = (0, 1),
     max_new_tokens: int | None = None,
     temperature: float | None = None,
     top_p: float | None = None,
@@ -118,6 +119,8 @@ def sample_completions(
     per generate call); batch ``b`` (0-based) samples under ``torch.manual_seed(step_seed(seed, b))``,
     as trainer step ``b`` would, so the records are a pure function of (model, rows, n, sampling,
     seed, batch_prompts) on a given device. Changing ``batch_prompts`` changes the draws.
+    ``shard=(rank, world)`` samples only batches ``b`` with ``b % world == rank``: the records of
+    the ranks together are the one-process records (sort them by ``row``).
 
     Each record: ``row`` (index into ``rows``), ``sample`` (0..n-1), ``prompt``, ``completion``
     (decoded text without the final eos), ``length`` (completion tokens, counting the eos token
@@ -145,8 +148,11 @@ def sample_completions(
     from tqdm.auto import tqdm
 
     records: list[dict] = []
-    with tqdm(total=len(rows), disable=not progress, desc="sampling", unit="prompt", dynamic_ncols=True) as bar:
-        for b, start in enumerate(range(0, len(rows), batch_prompts)):
+    rank, world = shard
+    mine = [(b, start) for b, start in enumerate(range(0, len(rows), batch_prompts)) if b % world == rank]
+    with tqdm(total=sum(len(rows[s : s + batch_prompts]) for _, s in mine), disable=not progress, desc="sampling", unit="prompt",
+              dynamic_ncols=True) as bar:
+        for b, start in mine:
             batch = rows[start : start + batch_prompts]
             torch.manual_seed(step_seed(seed, b))
             rollout = rollout_engine.generate([r["prompt"] for r in batch], params)

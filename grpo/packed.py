@@ -68,15 +68,18 @@ class PackedLinears:
 
     @staticmethod
     def supported(model: torch.nn.Module, dtype: torch.dtype | None = None) -> bool:
-        """CPU, float32 or bfloat16 weights, packs in float32 or (with oneDNN bf16 kernels for
-        this CPU) bfloat16, and a torch build with the oneDNN linear ops."""
+        """Whole (not FSDP-sharded) float32 or bfloat16 weights on the CPU, packed in float32 or
+        (with oneDNN bf16 kernels for this CPU) bfloat16, and a torch build with the oneDNN linear ops."""
         try:
             param = next(model.parameters())
         except StopIteration:
             return False
+        from torch.distributed.tensor import DTensor
+
         dtype = param.dtype if dtype is None else dtype
         return (
-            param.device.type == "cpu"
+            not isinstance(param, DTensor)  # FSDP shards (outside a gathered rollout): not whole weights
+            and param.device.type == "cpu"
             and param.dtype in (torch.float32, torch.bfloat16)
             and (dtype == torch.float32 or (dtype == torch.bfloat16 and _bf16_kernels()))
             and PackedLinears.ops_available()

@@ -27,9 +27,11 @@ against float32 on a decode-sized and a training-sized matrix product, and ``bf1
 chosen only where bf16 is measurably faster on both; anything else → ``fp32``. The decision and
 the measured numbers are printed at start and written to ``precision.json`` in the run directory.
 
-For FSDP2 (``torch.distributed.fsdp.fully_shard``) :meth:`Precision.fsdp_mixed_precision` gives
-the matching ``MixedPrecisionPolicy``: there the sharded float32 parameters are cast to bf16 on
-unshard, so autocast is not needed.
+For FSDP2 (``torch.distributed.fsdp.fully_shard``, grpo/parallel.py) :meth:`Precision.fsdp_mixed_precision`
+gives the matching ``MixedPrecisionPolicy``: there the sharded float32 parameters are cast to
+bf16 on unshard and gradients reduced in float32. Under ``accelerate launch`` an accelerate
+config's ``mixed_precision: bf16`` is a request for ``bf16-mixed`` (:func:`launcher_precision`);
+a recipe that asks for another precision under it is an error, not a silent choice.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "PRECISIONS",
     "PRECISION_NAMES",
     "requested_precision",
+    "launcher_precision",
     "resolve_precision",
     "probe_cpu_bf16",
     "cpu_bf16_flags",
@@ -133,13 +136,32 @@ def _short(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def requested_precision(precision: str | None, dtype: str | None) -> tuple[str, str]:
+def launcher_precision(environ=None) -> str | None:
+    """The precision an accelerate config's ``mixed_precision`` asks for (``accelerate launch`` puts
+    it in ``ACCELERATE_MIXED_PRECISION``): ``bf16`` → ``bf16-mixed``; ``no`` or unset → None."""
+    mode = (os.environ if environ is None else environ).get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
+    if mode in ("", "no"):
+        return None
+    if mode == "bf16":
+        return "bf16-mixed"
+    raise ValueError(f"accelerate config: mixed_precision {mode!r} is not supported (fp16 needs loss scaling we do not do); use bf16 or no")
+
+
+def requested_precision(precision: str | None, dtype: str | None, environ=None) -> tuple[str, str]:
     """The precision a recipe asks for, and where that comes from.
 
+    Under an accelerate config with ``mixed_precision: bf16`` (:func:`launcher_precision`) that is
+    ``bf16-mixed``, and a recipe ``precision`` other than it or ``auto`` is refused. Else
     ``precision`` wins when set. Otherwise ``dtype`` stands for it where it means the same:
     ``float32`` → ``fp32``, ``bfloat16`` → ``bf16`` (pure), ``float16`` → ``fp16``; ``dtype: auto``
     (the checkpoint's dtype) is returned as ``checkpoint`` and resolved once the weights are loaded.
     """
+    launcher = launcher_precision(environ)
+    if launcher is not None:
+        if precision not in (None, "auto", launcher):
+            raise ValueError(f"precision: the recipe says {precision} but the accelerate config says mixed_precision bf16 "
+                             f"({launcher}); make them agree")
+        return launcher, "accelerate config: mixed_precision bf16"
     if precision is not None:
         if precision not in PRECISION_NAMES:
             raise ValueError(f"precision: expected one of {', '.join(map(repr, PRECISION_NAMES))}, got {precision!r}")

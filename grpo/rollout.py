@@ -180,6 +180,11 @@ class RolloutEngine:
 
     pack_weights: bool = True  # CPU: decode through prepacked oneDNN weights (grpo/packed.py)
 
+    # Set (by grpo/parallel.py) while the policy's FSDP shards are gathered per layer for each
+    # forward: every rank must then run the same number of forwards. Called once per decoding
+    # step with whether this rank still decodes; returns whether any rank does.
+    step_sync: Callable[[bool], bool] | None = None
+
     def __init__(self, model, tokenizer, compute_dtype: torch.dtype | None = None):
         self.model = model
         self.tokenizer = tokenizer
@@ -245,6 +250,7 @@ class HFGenerateEngine(RolloutEngine):
                 attention_mask=prompt_mask.to(device),
                 generation_config=config,
                 logits_processor=_logits_processors(recorder) if params.temperature > 0 else None,
+                synced_gpus=self.step_sync is not None,  # decode until every rank is done (per-layer FSDP gathers)
             )
         self.model.train(was_training)
         completion_ids = out[:, prompt_ids.shape[1] :].cpu()
@@ -420,21 +426,26 @@ class SharedPrefixEngine(RolloutEngine):
             position = mask.sum(dim=1)  # the next token's position: the count of real tokens so far
             active = torch.arange(B * G, device=device)
             steps = 0
+            idle = False  # this rank is done while others decode (step_sync): a dummy row keeps its forwards in step
             for t in range(params.max_new_tokens):
-                if params.temperature == 0:
+                if idle or params.temperature == 0:
                     tokens = logits.argmax(dim=-1)
                 else:
                     probs = sampling_probs(logits, params.temperature, params.top_k, params.top_p)
                     uniforms = torch.cat([torch.rand(1, generator=generators[i]) for i in active.tolist()]).to(device)
                     tokens = draw_tokens(probs, uniforms)
                     out_logprobs[active, t] = probs.gather(1, tokens.unsqueeze(1)).squeeze(1).log()
-                out_tokens[active, t] = tokens
-                steps = t + 1
-                running = ~torch.isin(tokens, eos_t)
-                if t == params.max_new_tokens - 1 or not running.any():
+                if not idle:
+                    out_tokens[active, t] = tokens
+                    steps = t + 1
+                running = ~torch.isin(tokens, eos_t) & (not idle)
+                more = bool(running.any()) if self.step_sync is None else self.step_sync(bool(running.any()))
+                if t == params.max_new_tokens - 1 or not more:
                     break
                 if not running.all():  # finished rows leave the batch and the cache
                     keep = running.nonzero().squeeze(1)
+                    if not keep.numel():  # done here, not everywhere: one (dummy) row runs on, its outputs unused
+                        idle, keep = True, keep.new_zeros(1)
                     cache.batch_select_indices(keep)
                     active, mask, position, tokens = active[keep], mask[keep], position[keep], tokens[keep]
                 mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)

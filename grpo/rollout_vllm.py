@@ -92,6 +92,37 @@ def policy_weights(model) -> dict[str, torch.Tensor]:
     return state
 
 
+def sharded_policy_weights(model):
+    """``policy_weights`` of an FSDP-sharded policy, one tensor at a time: each weight is
+    all-gathered (``full_tensor``) when its turn comes and handed on, so no rank ever holds a
+    second whole copy of the policy besides vLLM's own. Every rank must walk it (the gathers are
+    collectives, in the same order everywhere). LoRA layers are merged as they pass,
+    W + s·(B A) (grpo/parallel.py ``merge_lora_weight``)."""
+    from torch.distributed.tensor import DTensor
+
+    from grpo.parallel import lora_scalings, merge_lora_weight
+
+    def full(t):
+        return (t.full_tensor() if isinstance(t, DTensor) else t).detach()
+
+    if not (hasattr(model, "get_base_model") and hasattr(model, "peft_config")):
+        for name, t in model.state_dict().items():
+            yield name, full(t)
+        return
+    scalings = {name.removeprefix("base_model.model."): value for name, value in lora_scalings(model).items()}
+    state = model.get_base_model().state_dict()
+    for name, t in state.items():
+        if ".lora_" in name or ".modules_to_save." in name:
+            continue
+        module = name.removesuffix(".base_layer.weight")
+        if module in scalings:
+            adapter, scaling = scalings[module]
+            a, b = state[f"{module}.lora_A.{adapter}.weight"], state[f"{module}.lora_B.{adapter}.weight"]
+            yield f"{module}.weight", merge_lora_weight(full(t), full(a), full(b), scaling)
+        else:
+            yield name.replace(".base_layer.", "."), full(t)
+
+
 def weights_version(model) -> tuple:
     """Changes whenever a parameter is replaced or written in place (a cheap change detector)."""
     return tuple((id(p), p._version) for p in model.parameters())
@@ -158,6 +189,7 @@ class VLLMEngine(RolloutEngine):
 
     auto_sync: bool = True
     last_logprobs: torch.Tensor | None = None
+    runs_policy_forward = False  # vLLM holds its own copy of the weights: an FSDP policy needs no gathering for rollouts
 
     def __init__(
         self,
@@ -213,6 +245,8 @@ class VLLMEngine(RolloutEngine):
             if current_platform.is_cpu()
             else {"gpu_memory_utilization": gpu_memory_utilization}
         )
+        # Under torchrun each rank runs its own engine inside the launcher's process group, as TRL's colocate mode does.
+        launcher = {"distributed_executor_backend": "external_launcher"} if int(os.environ.get("WORLD_SIZE", "1")) > 1 else {}
         with _host_process_state():
             return LLM(
                 model=self._dir.name,
@@ -226,15 +260,19 @@ class VLLMEngine(RolloutEngine):
                 max_model_len=max_model_len,
                 seed=0,
                 **memory,
+                **launcher,
             )
 
     def sync_weights(self, model=None) -> None:
         """Copy the policy's current weights into vLLM (``model`` defaults to the engine's)."""
         model = self.model if model is None else model
-        weights = policy_weights(model)
+        from torch.distributed.tensor import DTensor
+
+        sharded = any(isinstance(p, DTensor) for p in model.parameters())
+        weights = sharded_policy_weights(model) if sharded else iter(policy_weights(model).items())
         # vLLM's in-place reload: names of a Hugging Face checkpoint in, vLLM's fusing and kernel
         # repacking (process_weights_after_loading) redone after. In this process, so no copy on the way.
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": iter(weights.items()), "is_checkpoint_format": True})
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
         self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
         self._version = weights_version(model)
         self.syncs += 1

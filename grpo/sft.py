@@ -251,12 +251,13 @@ def _metrics_callback(path: Path):
     """
     from transformers import TrainerCallback
 
-    class MetricsFile(TrainerCallback):
+    class MetricsFile(TrainerCallback):  # (with several processes, rank 0 writes)
         def on_train_begin(self, args, state, control, **kwargs):
-            _write_metrics(path, _step_rows(state.log_history))
+            if state.is_world_process_zero:
+                _write_metrics(path, _step_rows(state.log_history))
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
+            if logs and "loss" in logs and state.is_world_process_zero:
                 append_jsonl(path, {"step": state.global_step, **logs})
 
     return MetricsFile()
@@ -297,17 +298,19 @@ def plot_sft_curves(rows: list[dict], path: str | Path, title: str = "") -> Path
 # --------------------------------------------------------------------------- #
 
 
-def sft_config(settings: SFTSettings, output_dir: Path, seed: int, precision=None):
+def sft_config(settings: SFTSettings, output_dir: Path, seed: int, precision=None, fsdp: dict | None = None):
     """TRL's SFTConfig for these settings, checkpoints under ``output_dir/checkpoints``.
 
     ``precision`` (a grpo.precision.Precision; default fp32): ``bf16-mixed`` turns on TRL's own
     mixed-precision switch (``bf16=True``: float32 weights and optimiser state, bf16 autocast);
     ``fp32`` and pure ``bf16`` train the weights in the dtype they were loaded in.
+    ``fsdp``: transformers' ``fsdp_config`` when several processes shard the model (:func:`fsdp_config`).
     """
     import torch
     from trl import SFTConfig
 
     return SFTConfig(
+        **({"fsdp": True, "fsdp_config": fsdp} if fsdp is not None else {}),
         output_dir=str(output_dir / "checkpoints"),
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps if settings.max_steps is not None else -1,
@@ -337,6 +340,19 @@ def sft_config(settings: SFTSettings, output_dir: Path, seed: int, precision=Non
     )
 
 
+def fsdp_config(model, distributed) -> dict:
+    """transformers' ``fsdp_config`` for the recipe's ``distributed`` settings: FSDP2 with one unit
+    per decoder layer, as the GRPO trainer shards, sharded checkpoints."""
+    from grpo.parallel import decoder_layers
+
+    layers = sorted({type(m).__name__ for m in decoder_layers(model)})
+    return {
+        "version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "transformer_layer_cls_to_wrap": layers,
+        "reshard_after_forward": distributed.reshard_after_forward, "cpu_offload": distributed.cpu_offload,
+        "state_dict_type": "SHARDED_STATE_DICT",
+    }
+
+
 @contextmanager
 def _progress_bars(enabled: bool):
     """The progress bars of datasets (TRL's label building, truncation) and transformers (weight
@@ -355,6 +371,22 @@ def _progress_bars(enabled: bool):
             datasets.enable_progress_bars()
         if transformers_on:
             hf_logging.enable_progress_bar()
+
+
+@contextmanager
+def _environment_restored():
+    """transformers' TrainingArguments announce FSDP to accelerate through ``os.environ``
+    (``ACCELERATE_USE_FSDP`` ...): put the environment back afterwards, so that the stages after
+    this one (a GRPO stage in the same processes) see the launcher's environment, not SFT's."""
+    import os
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
 
 
 def _peft_config(lora: LoraSettings | None):
@@ -403,6 +435,7 @@ def train_sft(
     *,
     callbacks: list | None = None,
     precision: str | None = None,
+    distributed=None,
 ) -> Path:
     """Fine-tune a model on ``rows`` with TRL's SFTTrainer; returns ``<output_dir>/final``.
 
@@ -414,10 +447,17 @@ def train_sft(
     ``precision`` (``auto | fp32 | bf16-mixed | bf16``; unset: from ``dtype``) is resolved for the
     device as for GRPO (grpo/precision.py), printed and written to ``<output_dir>/precision.json``.
     Deterministic for a seed on CPU, and a resumed run ends with the weights an uninterrupted one does.
+
+    Under a launcher (``grpo run --num-processes N``) the Trainer runs in every process: DDP, or
+    FSDP2 when ``distributed`` (a :class:`grpo.launch.DistributedSettings`) resolves to fsdp and
+    the processes have GPUs (accelerate does not shard on the CPU); ``batch_size`` stays per
+    process. Rank 0 writes the files; under FSDP the final model is gathered once onto it.
     """
+    import torch
     from trl import SFTTrainer
 
     from grpo.io import atomic_write_json
+    from grpo.launch import DistributedSettings, is_main_process, launched_world_size
     from grpo.precision import bf16_update_warning, precision_of_dtype, recorded_precision, requested_precision, resolve_precision
     from grpo.models import load_model_and_tokenizer
     from grpo.rollout import eos_token_ids
@@ -428,14 +468,12 @@ def train_sft(
     if checkpoint is not None and not resume:
         raise FileExistsError(f"{output_dir} already holds checkpoints; resume it or choose another output_dir")
 
-    with _progress_bars(settings.progress):
+    with _progress_bars(settings.progress), _environment_restored():
         requested, why = requested_precision(precision, dtype)
         if requested == "checkpoint":  # dtype: auto, the checkpoint's own dtype
             model, tokenizer = load_model_and_tokenizer(model_name_or_path, dtype="auto", device="cpu")
             resolved = precision_of_dtype(next(model.parameters()).dtype, why)
         else:
-            import torch
-
             # A resumed `auto` run keeps its precision; the HF Trainer takes the GPU when there is one.
             resolved = recorded_precision(output_dir) if resume and requested == "auto" else None
             resolved = resolved or resolve_precision(requested, "cuda" if torch.cuda.is_available() else "cpu", why=why)
@@ -444,17 +482,26 @@ def train_sft(
             message = bf16_update_warning(model.parameters(), settings.learning_rate)
             if message:
                 warnings.warn(message, stacklevel=2)
-        print(resolved.describe(), flush=True)  # also in <output_dir>/precision.json
+        if is_main_process():
+            print(resolved.describe(), flush=True)  # also in <output_dir>/precision.json
         dataset = build_sft_dataset(rows, template, tokenizer, settings.max_length, set(eos_token_ids(tokenizer, model)))
         output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(output_dir / "precision.json", resolved.to_json())
+        if is_main_process():
+            atomic_write_json(output_dir / "precision.json", resolved.to_json())
         metrics_path = output_dir / "metrics.jsonl"
         with warnings.catch_warnings():
             # peft reads a property transformers 5 deprecated; nothing a user can act on.
             warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            distributed = (distributed or DistributedSettings()).from_launcher()
+            sharded = launched_world_size() > 1 and distributed.strategy == "fsdp"
+            if sharded and not torch.cuda.is_available():
+                # accelerate shards only over GPUs (its CPU launch type has no FSDP): DDP here.
+                sharded = False
+                if is_main_process():
+                    print("sft: distributed.strategy fsdp: accelerate shards over GPUs only; on the CPU this SFT runs data-parallel (DDP)")
             trainer = SFTTrainer(
                 model=model,
-                args=sft_config(settings, output_dir, seed, resolved),
+                args=sft_config(settings, output_dir, seed, resolved, fsdp_config(model, distributed) if sharded else None),
                 train_dataset=dataset,
                 processing_class=tokenizer,
                 peft_config=_peft_config(settings.lora),
@@ -467,8 +514,26 @@ def train_sft(
             trainer.remove_callback(PrinterCallback)  # it prints every step's log dict
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
 
+        final = output_dir / "final"
+        if sharded:  # gathered once onto rank 0 (every rank takes part), LoRA merged there
+            from grpo.parallel import lora_scalings, merge_lora
+
+            state = trainer.accelerator.get_state_dict(trainer.model)
+            if trainer.is_world_process_zero():
+                model = trainer.accelerator.unwrap_model(trainer.model)
+                if settings.lora is not None:
+                    state, model = merge_lora(state, lora_scalings(model)), model.get_base_model()
+                with atomic_directory(final) as tmp:
+                    model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                    tokenizer.save_pretrained(tmp)
+        if not trainer.is_world_process_zero():
+            trainer.accelerator.wait_for_everyone()
+            return final
         logged = _step_rows(trainer.state.log_history)
         _write_metrics(metrics_path, logged)
         if logged:
             plot_sft_curves(logged, output_dir / "curves.png", title=output_dir.name)
-        return save_final_model(trainer.model, tokenizer, output_dir / "final")
+        if not sharded:
+            save_final_model(trainer.model, tokenizer, final)
+        trainer.accelerator.wait_for_everyone()
+        return final

@@ -16,8 +16,16 @@ uninterrupted one exactly (on CPU). The math lives in ``advantages.py``, ``loss.
 ``rollout_correction.py``; ``precision.py`` says which dtypes the forwards compute in (under
 ``bf16-mixed``: bf16 autocast over float32 master weights, bf16 rollouts and reference).
 
-With several processes (``self.dist``, grpo/distributed.py) each rank runs this same step on its
-share of the prompts; the few lines marked "whole batch" exchange what the ranks must agree on.
+With several processes each rank runs this same step on its share of the prompts. The policy's
+weights are PyTorch's engines' (``self.parallel``, grpo/parallel.py: DDP or FSDP2, which sum the
+gradients during the backward); what only GRPO needs is ours (``self.dist``, grpo/distributed.py),
+one collective each, marked "whole batch" where the step makes it:
+
+    rewards   dist.gather_scores        every rank's rewards → the batch's advantages and reward metrics
+    counts    dist.whole_batch_shape    every row's token count → the loss normalisation (BatchShape)
+    loss      dist.sum                  the ranks' loss shares → the logged loss, the non-finite check
+    metrics   dist.gather_lists         per-row lengths, KL/clip/entropy terms, logged completions
+
 In one process those calls return their input.
 """
 
@@ -30,6 +38,7 @@ import random
 import shutil
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,15 +49,18 @@ from grpo.config import GRPOConfig
 from grpo.distill import check_same_vocabulary, reverse_kl, reverse_kl_advantages
 from grpo.distributed import DataParallel
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
+from grpo.launch import DistributedSettings
 from grpo.loss import BatchShape, kl_reward_penalty, policy_loss
 from grpo.packed import PackedLinears
+from grpo.parallel import head_gathered, state_memory, wrap_policy
 from grpo.precision import Precision, bf16_update_warning, precision_of_dtype
 from grpo.rollout import Rollout, SamplingParams, cache_kwargs, concat_rollouts, get_rollout_engine, returned_cache, row_seed
 from grpo.rollout_correction import mismatch_stats, resolve_rollout_correction, rollout_correction_weights, sampler_differs
 from grpo.scoring import RewardTerm, Scores, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
-TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train")
+TIMING_KEYS = ("step_time", "tokens_per_second", "timing/rollout", "timing/rewards", "timing/train",
+               "memory/params_mib", "memory/grads_mib", "memory/optimizer_mib", "memory/cuda_peak_mib")
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -139,7 +151,8 @@ def completion_logprobs(
             hidden = hidden[:, :-1]
     vocab = getattr(head, "out_features", None) or model.config.vocab_size
     chunk_tokens = max(1, int(chunk_mib * 2**20 // (4 * vocab)))
-    return token_logprobs(head_forward, hidden, completion_ids, completion_mask.bool(), temperature, with_entropy, chunk_tokens)
+    with head_gathered(model, head):  # FSDP: a frozen model's head shards gathered again after its forward
+        return token_logprobs(head_forward, hidden, completion_ids, completion_mask.bool(), temperature, with_entropy, chunk_tokens)
 
 
 def token_logprobs(head_forward, hidden, token_ids, mask, temperature: float, with_entropy: bool, chunk_tokens: int):
@@ -243,7 +256,12 @@ class GRPOTrainer:
         precision: Precision | None = None,
         on_step=None,
         teacher=None,
+        distributed: DistributedSettings | None = None,
+        device: str | torch.device | None = None,
     ):
+        """``distributed``: how several processes share the policy (ignored in one process);
+        ``device``: where the policy trains (default: where ``model`` is; FSDP moves each rank's
+        shards there, so a large model can arrive on the CPU)."""
         if not rewards:
             raise ValueError("rewards: at least one reward function is needed")
         self.config, self.tokenizer, self.rewards, self.rows = config, tokenizer, rewards, rows
@@ -256,9 +274,18 @@ class GRPOTrainer:
         self.on_step = on_step
         torch.manual_seed(seed)  # LoRA initialisation draws from the global RNG
         self.model = self._prepare_model(model)
-        self.device = next(self.model.parameters()).device
-        self.dist = DataParallel.from_environment(config, self.model)  # rank, world size, collectives
+        self.device = torch.device(device) if device is not None else next(self.model.parameters()).device
+        distributed = distributed or DistributedSettings()
+        self.dist = DataParallel.from_environment(config, self.device, distributed)  # rank, world size, collectives
+        self.dist.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         self.ref_model = self._prepare_reference(ref_model)
+        # DDP / FSDP / one process; FSDP's MixedPrecisionPolicy from self.precision
+        self.parallel = wrap_policy(self.model, self.ref_model, self.dist, distributed, self.device, self.precision)
+        if self.ref_model is not None:
+            # CPU: the frozen reference runs on prepacked oneDNN weights in the compute dtype, packed
+            # once (grpo/packed.py); the copy we made keeps only the packed weights (no extra memory).
+            # Not for FSDP shards.
+            self.ref_packed = PackedLinears(self.ref_model, release=ref_model is None, dtype=self.precision.compute_dtype)
         self.teacher = self._prepare_teacher(teacher)  # on-policy distillation (grpo/distill.py), or None
         self.sampler = PromptSampler(len(rows), config.prompts_per_step, seed)
         # Rollouts multiply in the compute dtype (bf16 weights under bf16-mixed).
@@ -311,12 +338,9 @@ class GRPOTrainer:
         if ours:
             ref_model = copy.deepcopy(self.model)
         ref_model.eval().requires_grad_(False)
-        # CPU: the frozen reference runs on prepacked oneDNN weights in the compute dtype, packed
-        # once (grpo/packed.py); the copy we made keeps only the packed weights (no extra memory).
         compute = self.precision.compute_dtype
-        self.ref_packed = PackedLinears(ref_model, release=ours, dtype=compute)
-        if not self.ref_packed.enabled and ours and self.precision.mixed:
-            ref_model.to(compute)  # elsewhere (GPU), a reference held in the compute dtype: half the memory
+        if ours and self.precision.mixed and not PackedLinears.supported(ref_model, compute):
+            ref_model.to(compute)  # not packed (a GPU): a reference held in the compute dtype, half the memory
         return ref_model
 
     def precision_info(self) -> dict:
@@ -339,6 +363,7 @@ class GRPOTrainer:
         if teacher.tokenizer is not None:  # its log-probabilities of our token ids must mean the same tokens
             check_same_vocabulary(self.tokenizer, teacher.tokenizer, teacher.model.get_output_embeddings().weight.shape[0])
         teacher.model.eval().requires_grad_(False)
+        self.parallel.shard_frozen(teacher.model)  # FSDP: sharded like the reference
         self.teacher_packed = PackedLinears(teacher.model, dtype=self.precision.compute_dtype)  # (as the reference)
         return teacher
 
@@ -432,8 +457,9 @@ class GRPOTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             pass_loss = 0.0
             for i, c in enumerate(chunks):
+                self.parallel.sync_gradients(i == len(chunks) - 1)  # DDP: gradients summed in the last backward only
                 with self.precision.autocast(self.device):  # bf16-mixed: bf16 matmuls; log-softmax and loss in float32
-                    logp, entropy = self._logprobs(self.model, rollout, c, shared, with_entropy=not entropies)
+                    logp, entropy = self.parallel.forward(self._logprobs, rollout, c, shared, with_entropy=not entropies)
                 if i not in agreement["weights"]:  # π_old is fixed for the μ passes: weights once per micro-batch
                     agreement["weights"][i] = self._sampler_agreement(rollout, c, logp if old_logp is None else old_logp[c], agreement)
                 chunk_advantages = advantages[c]
@@ -468,11 +494,11 @@ class GRPOTrainer:
                 if entropy is not None:
                     m = rollout.completion_mask[c].float()
                     entropies.append((((entropy * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
+            # The gradients are the whole batch's already: the engine summed the ranks' shares in the backward.
             params = [p for p in self.model.parameters() if p.requires_grad]
-            self.dist.sum_gradients(params)  # whole batch: each rank's loss is its share of the batch loss
-            pass_loss = self.dist.sum(pass_loss)
+            pass_loss = self.dist.sum(pass_loss)  # whole batch
             max_norm = cfg.max_grad_norm if cfg.max_grad_norm is not None else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            grad_norm = self.parallel.clip_grad_norm(params, max_norm)
             if not (math.isfinite(pass_loss) and math.isfinite(grad_norm)):
                 # A NaN/inf would poison the weights and Adam's moments: skip this update, count it.
                 self.optimizer.zero_grad(set_to_none=True)
@@ -490,12 +516,20 @@ class GRPOTrainer:
         t_end = time.perf_counter()
 
         # 7. Metrics, named as TRL names them where it has a name (of the whole batch).
-        kls, clip = self.dist.gather(kls), self.dist.gather_lists(clip)
-        agreement = self.dist.gather_lists({k: agreement[k] for k in ("kl", "max_abs", "stats")})
-        lengths = torch.tensor(self.dist.gather(rollout.lengths.tolist()), dtype=torch.float32)
-        truncated = torch.tensor(self.dist.gather(rollout.truncated.tolist()), dtype=torch.float32)
+        sample = self._completion_sample(step, expanded, rollout, scores, advantages)  # this rank's rows of it
+        whole = self.dist.gather_lists({  # whole batch: every per-row figure below, in one exchange
+            "kl": kls, **{f"clip_{k}": v for k, v in clip.items()}, "entropy": entropies[:1], "distill_kl": distill_kl,
+            "lengths": rollout.lengths.tolist(), "truncated": rollout.truncated.tolist(),
+            "prompt_tokens": [int(rollout.prompt_mask.sum())], "sample": sample,
+            "memory": [state_memory(self.model, self.optimizer)],
+            **{f"mismatch_{k}": agreement[k] for k in ("kl", "max_abs", "stats")},
+        })
+        kls, clip = whole["kl"], {k: whole[f"clip_{k}"] for k in clip}
+        agreement = {k: whole[f"mismatch_{k}"] for k in ("kl", "max_abs", "stats")}
+        lengths = torch.tensor(whole["lengths"], dtype=torch.float32)
+        truncated = torch.tensor(whole["truncated"], dtype=torch.float32)
         completion_tokens = int(lengths.sum())
-        self.num_tokens += int(self.dist.sum(int(rollout.prompt_mask.sum()))) + completion_tokens
+        self.num_tokens += sum(whole["prompt_tokens"]) + completion_tokens
         metrics = {
             "step": step,
             "epoch": round(self.sampler.epoch(step), 4),
@@ -517,15 +551,15 @@ class GRPOTrainer:
             metrics["mismatch/max_abs_logp"] = max(agreement["max_abs"])
         for key in sorted({k for stats, _ in agreement["stats"] for k in stats}):
             metrics[key] = _weighted_mean([(stats[key], n) for stats, n in agreement["stats"] if key in stats])
-        if distill_kl:  # mean per-token reverse KL(student ‖ teacher) on the sampled tokens
-            metrics["distill/reverse_kl"] = _weighted_mean(self.dist.gather(distill_kl))
+        if whole["distill_kl"]:  # mean per-token reverse KL(student ‖ teacher) on the sampled tokens
+            metrics["distill/reverse_kl"] = _weighted_mean(whole["distill_kl"])
         metrics.update(
             {
                 "loss": sum(losses) / len(losses) if losses else None,
                 "clip_ratio/low_mean": _weighted_mean(clip["low"]),
                 "clip_ratio/high_mean": _weighted_mean(clip["high"]),
                 "clip_ratio/region_mean": _weighted_mean(clip["region"]),
-                "entropy": self.dist.first_micro_batch_mean(*entropies[0], cfg.gradient_accumulation_steps),
+                "entropy": self.dist.first_micro_batch_mean(whole["entropy"], cfg.gradient_accumulation_steps),
                 "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else None,
                 "nonfinite_skipped": self.nonfinite_steps,
                 "learning_rate": self.scheduler.get_last_lr()[0],
@@ -539,10 +573,11 @@ class GRPOTrainer:
                 "timing/rollout": t_rollout - t0,
                 "timing/rewards": t_rewards - t_rollout,
                 "timing/train": t_end - t_rewards,
+                # per rank, the largest over the ranks: what FSDP divides by N
+                **{key: max(m[key] for m in whole["memory"]) for key in whole["memory"][0]},
             }
         )
-        sample = self._completion_sample(step, expanded, rollout, scores, advantages)
-        return metrics, sample
+        return metrics, whole["sample"]
 
     def _rollout_and_score(self, batch_rows: list[dict], seed: int, first: int = 0):
         """G completions for each row and their rewards (every dataset column repeated per group).
@@ -552,7 +587,8 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         sampling = SamplingParams(G, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
         seeds = [row_seed(seed, first + i) for i in range(len(batch_rows))]
-        rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling, seeds=seeds)
+        with self.parallel.generation(self.engine):  # FSDP: every layer gathered for the rollout, resharded after
+            rollout = self.engine.generate([r["prompt"] for r in batch_rows], sampling, seeds=seeds)
         t1 = time.perf_counter()
         expanded = [r for r in batch_rows for _ in range(G)]
         columns = {k: [r.get(k) for r in expanded] for k in batch_rows[0] if k != "prompt"}
@@ -636,7 +672,7 @@ class GRPOTrainer:
         return weights
 
     def _completion_sample(self, step, expanded, rollout, scores, advantages) -> list[dict]:
-        # Rows picked evenly over the whole batch; each rank writes up those it holds.
+        # Rows picked evenly over the whole batch; each rank writes up those it holds (gathered by the caller).
         n, first = len(expanded) * self.dist.world_size, len(expanded) * self.dist.rank
         k = min(self.config.log_completions, n)
         picks = sorted({round(i * n / k) for i in range(k)}) if k else []
@@ -655,7 +691,7 @@ class GRPOTrainer:
                     "truncated": bool(rollout.truncated[i]),
                 }
             )
-        return self.dist.gather(out)
+        return out
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -693,11 +729,9 @@ class GRPOTrainer:
             history.append(metrics)
             self.step_done = step
             if step % cfg.save_every == 0 or step == cfg.steps:
-                if main:
-                    self.save_checkpoint(step)
-                    if step != cfg.steps:  # the final plot is drawn once, after the loop
-                        self._plot(history)
-                self.dist.barrier()
+                self.save_checkpoint(step)  # every rank writes its shards
+                if main and step != cfg.steps:  # the final plot is drawn once, after the loop
+                    self._plot(history)
             bar.update(1)
             bar.set_postfix(
                 reward=f"{metrics['reward']:.3f}",
@@ -706,8 +740,8 @@ class GRPOTrainer:
                 tok_s=f"{metrics['tokens_per_second']:.0f}",
             )
         bar.close()
+        self.save_final_model()  # gathered once onto rank 0, which writes it
         if main:
-            self.save_final_model()
             self._plot(history)
         self.dist.barrier()  # the final model is complete when any rank returns
         return TrainResult(self.step_done, history, self.output_dir / "final")
@@ -743,66 +777,67 @@ class GRPOTrainer:
             return []
         return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / "trainer_state.json").exists())
 
-    def _trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().contiguous().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
     def save_checkpoint(self, step: int) -> Path:
-        """Trainable weights (safetensors), optimiser + scheduler, RNG state and step; atomic."""
-        from safetensors.torch import save_file
-
+        """Trainable weights and AdamW state (``state/``: torch.distributed.checkpoint, every rank
+        writing its own shards), RNG state (``rng.pt``), learning-rate schedule and step
+        (``trainer_state.json``). Atomic: rank 0 renames the directory into place once every
+        rank's files are in it. Every rank calls this."""
         path = self.output_dir / "checkpoints" / f"step-{step:06d}"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            path.parent.mkdir(parents=True, exist_ok=True)
         try:
             # pause_point: a test hook, inert unless GRPO_TEST_PAUSE_IN=checkpoint_write (tests/test_kill.py)
-            with atomic_directory(path, pause_point="checkpoint_write") as tmp:
-                save_file(self._trainable_state(), tmp / "model.safetensors")
-                torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}, tmp / "optimizer.pt")
-                torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-                (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "num_tokens": self.num_tokens, "nonfinite_steps": self.nonfinite_steps, "seed": self.seed}))
+            with atomic_directory(path, pause_point="checkpoint_write") if main else nullcontext() as tmp:
+                tmp = Path(self.dist.broadcast_object(str(tmp) if main else None))  # rank 0 has made it
+                self.parallel.save(tmp / "state", self.optimizer)  # returns once every rank's shards are written
+                if main:
+                    torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+                    (tmp / "trainer_state.json").write_text(json.dumps({
+                        "step": step, "num_tokens": self.num_tokens, "nonfinite_steps": self.nonfinite_steps, "seed": self.seed,
+                        "scheduler": self.scheduler.state_dict(), "world_size": self.dist.world_size, "strategy": self.parallel.strategy,
+                    }))
         except StorageError as exc:
             last = self.checkpoints()
             kept = f"the last complete checkpoint, {last[-1].name}, is intact: free some space and resume with --resume" if last else "there is no earlier checkpoint"
             raise StorageError(f"checkpoint of step {step} not written: no space left on the device in '{path.parent}'; {kept}") from exc
-        for old in self.checkpoints()[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old)
+        self.dist.barrier()  # the checkpoint is in place when any rank goes on
+        if main:
+            for old in self.checkpoints()[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
         return path
 
     def load_last_checkpoint(self) -> int:
-        """Restore the newest complete checkpoint; returns its step (0 when there is none)."""
-        from safetensors.torch import load_file
-
+        """Restore the newest complete checkpoint, whatever number of processes wrote it; returns
+        its step (0 when there is none). Every rank calls this."""
         found = self.checkpoints()
-        if not found:
+        name = self.dist.broadcast_object(found[-1].name if found else None)  # rank 0's choice, on every rank
+        if name is None:
             return 0
-        path = found[-1]
-        weights = load_file(path / "model.safetensors")
-        params = dict(self.model.named_parameters())
-        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
-        if missing or set(weights) - set(params):
-            raise ValueError(f"checkpoint {path} does not match the model (missing {missing[:3]}, unexpected {sorted(set(weights) - set(params))[:3]})")
-        with torch.no_grad():
-            for name, tensor in weights.items():
-                params[name].copy_(tensor)
-        opt = torch.load(path / "optimizer.pt", weights_only=True)
-        self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
+        path = self.output_dir / "checkpoints" / name
+        if not (path / "state").is_dir():
+            raise ValueError(f"checkpoint {path} has no state/ directory (an earlier trainer wrote model.safetensors + optimizer.pt); "
+                             "start a new run or resume it with the version that wrote it")
+        self.parallel.load(path / "state", self.optimizer)
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.scheduler.load_state_dict(state["scheduler"])
         rng = torch.load(path / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         random.setstate(rng["python"])
-        state = json.loads((path / "trainer_state.json").read_text())
         self.num_tokens = state["num_tokens"]
         self.nonfinite_steps = state.get("nonfinite_steps", 0)
         return int(state["step"])
 
     def save_final_model(self) -> Path:
-        """A plain Hugging Face model directory (LoRA merged) that later stages load by path."""
+        """A plain Hugging Face model directory (LoRA merged) that later stages load by path. The
+        weights are gathered once onto rank 0, which writes it; every rank calls this."""
         path = self.output_dir / "final"
-        model = self.model
-        if self.config.lora is not None:
-            model = copy.deepcopy(model).merge_and_unload()
-        with atomic_directory(path) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            self.tokenizer.save_pretrained(tmp)
+        state = self.parallel.full_state_dict()
+        if self.dist.is_main:
+            base = self.model.get_base_model() if self.config.lora is not None else self.model
+            with atomic_directory(path) as tmp:
+                base.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+                self.tokenizer.save_pretrained(tmp)
         return path
 
 

@@ -1,7 +1,8 @@
 """The ``grpo`` command.
 
-    grpo train RECIPE [--set key=value ...] [--resume] [--num-processes N]   one GRPO run (N: data-parallel)
-    grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run]   a staged recipe
+    grpo train RECIPE [--set key=value ...] [--resume] [--num-processes N]   one GRPO run (N processes: ddp | fsdp)
+    grpo run RECIPE [--from STAGE] [--only STAGE] [--dry-run] [--num-processes N]   a staged recipe
+      (both: --nnodes M --node-rank R --master-addr HOST [--master-port P] for several machines)
     grpo ablate RECIPE [--set key=value ...]                 arms × seeds, compared
     grpo eval MODEL [MODEL ...] --data SPEC [--samples k]    models against benchmarks, side by side
     grpo rewards list                                        registered reward functions
@@ -19,13 +20,19 @@ import sys
 import time
 
 
+def _launch(args):
+    from grpo.launch import Launch
+
+    return Launch(args.num_processes, args.nnodes, args.node_rank, args.master_addr, args.master_port)
+
+
 def _cmd_train(args) -> int:
-    from grpo.distributed import is_main_process
+    from grpo.launch import is_main_process
     from pipelines.recipe import load_recipe
     from pipelines.train import format_summary, train_from_recipe
 
     recipe = load_recipe(args.recipe, args.set)
-    if args.num_processes != 1:
+    if args.num_processes != 1 or args.nnodes != 1:
         return _relaunch_train(args, recipe)
     result, summary = train_from_recipe(recipe, resume=args.resume)
     if not is_main_process():
@@ -40,49 +47,76 @@ def _cmd_train(args) -> int:
 
 
 def _relaunch_train(args, recipe) -> int:
-    """``--num-processes N``: check what can be checked once, then run this same command (without
-    the flag) in N processes through torchrun; see grpo/distributed.py."""
-    from grpo.distributed import check_data_parallel, launched_world_size, relaunch_command
-    from grpo.schema import ConfigError
+    """``--num-processes N`` (and ``--nnodes``...): check what can be checked once, then run this
+    same command (without the flags) in the launch's processes through torchrun; see grpo/launch.py."""
+    from grpo.distributed import check_data_parallel
     from pipelines.train import check_run_dir
 
-    if launched_world_size() > 1:
-        raise ConfigError("--num-processes: this process was already started by a launcher (torchrun, accelerate launch); drop the flag")
-    if args.num_processes < 1:
-        raise ConfigError(f"--num-processes: must be ≥ 1, got {args.num_processes}")
-    check_data_parallel(recipe.grpo, args.num_processes)
+    launch = _launch(args)
+    launch.check()
+    check_data_parallel(recipe.grpo, launch.world_size, recipe.distributed)
     check_run_dir(recipe.run_dir, args.resume)
     argv = ["train", args.recipe, *(a for kv in args.set for a in ("--set", kv))]
     argv += ["--resume"] * args.resume + (["--summary-json", args.summary_json] if args.summary_json else [])
-    code = subprocess.run(relaunch_command(args.num_processes, argv)).returncode
+    return _run_launch(launch, argv, "training")
+
+
+def _run_launch(launch, argv: list[str], what: str) -> int:
+    code = subprocess.run(launch.command(argv)).returncode
     if code:
-        print(f"error: training stopped in one of the {args.num_processes} processes; the first 'error:' line above says why", file=sys.stderr)
+        print(f"error: {what} stopped in one of the {launch.world_size} processes (the lines above say which and why); "
+              "what was complete is kept: continue with --resume", file=sys.stderr)
     return code
 
 
 def _single_process(command: str) -> None:
-    from grpo.distributed import launched_world_size
+    from grpo.launch import launched_world_size
     from grpo.schema import ConfigError
 
     if launched_world_size() > 1:
-        raise ConfigError(f"grpo {command}: runs in one process; only `grpo train` is data-parallel (docs/distributed.md)")
+        raise ConfigError(f"grpo {command}: runs in one process; only `grpo train` and `grpo run` use several (docs/distributed.md)")
 
 
 def _cmd_run(args) -> int:
+    from grpo.launch import is_main_process
     from pipelines.recipe import load_recipe
     from pipelines.runner import Runner, dry_run
 
-    _single_process("run")
     recipe = load_recipe(args.recipe, args.set)
     if args.dry_run:
         print(dry_run(recipe))
         return 0
+    launch = _launch(args)
+    if args.num_processes != 1 or args.nnodes != 1:
+        launch.check()
+        _check_grpo_stages(recipe, launch.world_size)
+        argv = ["run", args.recipe, *(a for kv in args.set for a in ("--set", kv))]
+        argv += (["--from", args.from_stage] if args.from_stage else []) + (["--only", args.only] if args.only else [])
+        return _run_launch(launch, argv, "the run")
     runner = Runner(recipe)
     started = time.perf_counter()
     runner.run(from_stage=args.from_stage, only=args.only)
+    if not is_main_process():
+        return 0
     print(f"\nrun directory: {runner.run_dir}  ({time.perf_counter() - started:.0f} s)")
     print(f"manifest: {runner.run_dir / 'manifest.json'}\nreport:   {runner.run_dir / 'report.md'}")
     return 0
+
+
+def _check_grpo_stages(recipe, world_size: int) -> None:
+    """Every GRPO stage splits over the processes (checked before any stage runs)."""
+    from grpo.distributed import check_data_parallel
+    from grpo.schema import ConfigError
+    from pipelines.runner import plan_stages
+    from pipelines.stages.grpo import stage_grpo_config
+
+    for stage in plan_stages(recipe):
+        if stage.kind == "grpo":
+            path = f"stages.{stage.name}.grpo"
+            try:
+                check_data_parallel(stage_grpo_config(recipe, stage.config.grpo, path), world_size, recipe.distributed)
+            except ConfigError as exc:
+                raise ConfigError(f"stages.{stage.name}.{exc}") from None
 
 
 def _cmd_ablate(args) -> int:
@@ -139,6 +173,16 @@ def _cmd_models(args) -> int:
     return models_main([args.action] + ([args.alias] if args.alias else []))
 
 
+def _add_launch_arguments(parser) -> None:
+    group = parser.add_argument_group("processes (torchrun underneath; docs/distributed.md)")
+    group.add_argument("--num-processes", type=int, default=1, metavar="N",
+                       help="processes on this machine (one per GPU; gloo on CPU); the recipe's distributed.strategy: ddp | fsdp")
+    group.add_argument("--nnodes", type=int, default=1, metavar="M", help="machines taking part (run the same command on each)")
+    group.add_argument("--node-rank", type=int, default=0, metavar="R", help="this machine's rank, 0 … M-1")
+    group.add_argument("--master-addr", metavar="HOST", help="address of machine 0, reachable from every machine")
+    group.add_argument("--master-port", type=int, default=29500, metavar="P", help="a free port on machine 0 (default 29500)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpo", description="GRPO post-training toolkit (DeepSeek-R1 recipe)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -148,8 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. grpo.steps=10")
     train.add_argument("--resume", action="store_true", help="continue from the run directory's last checkpoint")
     train.add_argument("--summary-json", help="also write the first/last-steps summary to this file")
-    train.add_argument("--num-processes", type=int, default=1, metavar="N",
-                       help="data-parallel training in N processes on this machine (gloo on CPU); see configs/accelerate/ for more")
+    _add_launch_arguments(train)
     train.set_defaults(func=_cmd_train)
 
     run = sub.add_parser("run", help="run a staged recipe (cold start → RL → rejection sampling → SFT → RL → eval)")
@@ -158,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--from", dest="from_stage", metavar="STAGE", help="rerun this stage and every later one")
     run.add_argument("--only", metavar="STAGE", help="run only this stage (its inputs must be complete)")
     run.add_argument("--dry-run", action="store_true", help="validate the recipe, data, rewards and models; print the plan")
+    _add_launch_arguments(run)
     run.set_defaults(func=_cmd_run)
 
     ablate = sub.add_parser("ablate", help="run an ablation recipe: arms × seeds → ablation.md + plots")

@@ -19,6 +19,7 @@ import yaml
 
 from grpo.config import GRPOConfig
 from grpo.data import DataSpec
+from grpo.launch import DistributedSettings
 from grpo.models import DTYPE_NAMES
 from grpo.schema import ConfigError, from_dict, nearest, set_dotted, to_dict
 from grpo.scoring import RewardTerm
@@ -53,6 +54,7 @@ class Recipe:
     # name (registered or "module.path:function") -> weight, or {weight: w, <param>: value, ...}
     rewards: dict[str, float | dict[str, Any]] = field(default_factory=lambda: {"accuracy": 1.0, "format": 0.5})
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    distributed: DistributedSettings = field(default_factory=DistributedSettings)  # several processes: ddp | fsdp (docs/distributed.md)
     # `grpo run`: the stages, in order; each has name, kind, init and its kind's keys
     # (pipelines/stages/). Validated by pipelines.runner.plan_stages.
     stages: list[dict[str, Any]] = field(default_factory=list)

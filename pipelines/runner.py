@@ -14,6 +14,12 @@ own keys, the recipe defaults it uses, the seed, and the hashes of the stages it
 changing an early stage reruns everything downstream of it. Settings left at their dataclass
 defaults are not hashed, so an upgrade that adds a setting keeps completed stages. An interrupted stage of a resumable
 kind (sft, grpo) continues from its last checkpoint; the others start over.
+
+With several processes (``grpo run --num-processes N``, torchrun underneath) every rank runs
+every stage together: GRPO on the trainer's engines (ddp | fsdp), SFT through TRL / accelerate
+(DDP, or FSDP2 when ``distributed.strategy`` is fsdp), and the sampling stages each sample and
+score their share of the prompts. Rank 0 alone writes the run directory (manifest, report, stage
+directories) and decides what runs; the others follow its decisions.
 """
 
 from __future__ import annotations
@@ -205,6 +211,19 @@ class Runner:
         self.plan = plan_stages(recipe)
         self.by_name = {s.name: s for s in self.plan}
         self.progress = progress
+        self.dist = None  # the run's processes (grpo.distributed.DataParallel), joined by run()
+
+    def _join(self):
+        """This run's processes: a stand-in in one process, else the launcher's process group."""
+        from grpo.distributed import DataParallel, join_process_group
+        from grpo.launch import launched_world_size
+        from grpo.models import _resolve_device
+
+        if launched_world_size() <= 1:
+            return DataParallel()
+        device = _resolve_device(self.recipe.device)
+        join_process_group(device)
+        return DataParallel.of_process_group(device)
 
     # -- state on disk
 
@@ -282,17 +301,23 @@ class Runner:
             if value is not None and value not in self.by_name:
                 hint = nearest(value, self.by_name)
                 raise ConfigError(f"{flag} {value}: no such stage" + (f"; did you mean {hint!r}?" if hint else f"; stages: {', '.join(self.by_name)}"))
-        check_writable(self.run_dir)
-        atomic_write_text(self.run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True))
+        self.dist = dist = self._join()
+        main = dist.is_main
+        if main:
+            check_writable(self.run_dir)
+            atomic_write_text(self.run_dir / "recipe.resolved.yaml", yaml.safe_dump(to_dict(self.recipe), sort_keys=False, allow_unicode=True))
         manifest = self.load_manifest()
-        self.save_manifest(manifest)
-        self.trackers = self._open_trackers()
+        if main:
+            self.save_manifest(manifest)
+        self.trackers = self._open_trackers() if main else None  # rank 0 reports
         try:
             self._run_plan(manifest, from_stage, only)
         finally:
             if self.trackers is not None:
                 self.trackers.finish()
-        write_report(self.run_dir, manifest)
+        if main:
+            write_report(self.run_dir, manifest)
+        dist.barrier()
         return manifest
 
     def _open_trackers(self):
@@ -305,6 +330,8 @@ class Runner:
     def _run_plan(self, manifest: dict, from_stage: str | None, only: str | None) -> None:
         from pipelines.report import write_report
 
+        dist = self.dist
+        main = dist.is_main
         forced = set()
         if from_stage:
             forced = {s.name for s in self.plan if s.index >= self.by_name[from_stage].index}
@@ -313,32 +340,39 @@ class Runner:
         for stage, entry in zip(self.plan, manifest["stages"]):
             if only and stage.name != only:
                 continue
-            if self.completed(stage) and stage.name not in forced:
-                print(f"[{stage.name}] complete (config {stage.config_hash}), skipped")
+            if dist.broadcast_object(bool(self.completed(stage)) and stage.name not in forced):  # rank 0 decides
+                if main:
+                    print(f"[{stage.name}] complete (config {stage.config_hash}), skipped")
                 continue
             self._run_stage(stage, entry, manifest)
-            write_report(self.run_dir, manifest)
+            if main:
+                write_report(self.run_dir, manifest)
 
     def _run_stage(self, stage: PlannedStage, entry: dict, manifest: dict) -> None:
         from pipelines.stages.base import StageContext
 
         stage_cls = STAGE_KINDS[stage.kind]
+        dist = self.dist
+        main = dist is None or dist.is_main
         inputs = self._inputs(stage)
         work = self.partial_dir(stage.name)
         marker = work / "attempt.json"
         resume = False
-        if work.exists():
-            previous = json.loads(marker.read_text()) if marker.exists() else {}
-            if getattr(stage_cls, "resumable", False) and previous.get("config_hash") == stage.config_hash:
-                resume = True
-            else:
-                shutil.rmtree(work)
-        work.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(marker, {"config_hash": stage.config_hash, "started": _now()})
-        print(f"[{stage.name}] {stage.kind}: {'resuming' if resume else 'running'} (config {stage.config_hash}) from {inputs['model']}")
-        entry.update({"status": "running", "inputs": inputs, "started": _now(), "resumed": resume})
-        entry.pop("error", None)
-        self.save_manifest(manifest)
+        if main:
+            if work.exists():
+                previous = json.loads(marker.read_text()) if marker.exists() else {}
+                if getattr(stage_cls, "resumable", False) and previous.get("config_hash") == stage.config_hash:
+                    resume = True
+                else:
+                    shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(marker, {"config_hash": stage.config_hash, "started": _now()})
+            print(f"[{stage.name}] {stage.kind}: {'resuming' if resume else 'running'} (config {stage.config_hash}) from {inputs['model']}")
+            entry.update({"status": "running", "inputs": inputs, "started": _now(), "resumed": resume})
+            entry.pop("error", None)
+            self.save_manifest(manifest)
+        if dist is not None:
+            resume = dist.broadcast_object(resume)  # after rank 0 has prepared the work directory
         started = time.perf_counter()
         trackers = getattr(self, "trackers", None)
         tracker = trackers.scoped(stage.name, stage.report_to if stage.report_to is not None else self.recipe.report_to) if trackers else None
@@ -346,13 +380,18 @@ class Runner:
             name=stage.name, config=stage.config, recipe=self.recipe, work_dir=work, init_model=inputs["model"],
             data_path=inputs.get("data"), resume=resume, seed=self.recipe.seed, progress=self.progress,
             tracker=tracker if tracker and tracker.trackers else None, inputs=inputs,
+            dist=dist if dist is not None and dist.active else None,
         )
         try:
             result = stage_cls().run(ctx)
         except BaseException as exc:
-            entry.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", "error": f"{type(exc).__name__}: {exc}"})
-            self.save_manifest(manifest)
+            if main:
+                entry.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", "error": f"{type(exc).__name__}: {exc}"})
+                self.save_manifest(manifest)
             raise
+        if not main:
+            dist.barrier()  # rank 0 moves the stage into place
+            return
         wall = time.perf_counter() - started
         if ctx.tracker is not None:
             ctx.tracker.log_summary({**result.metrics, "wall_time_s": wall})
@@ -366,6 +405,8 @@ class Runner:
         entry.update({**info, "status": "complete"})
         self.save_manifest(manifest)
         print(f"[{stage.name}] complete in {wall:.0f} s")
+        if dist is not None:
+            dist.barrier()
 
     def _move_into_place(self, name: str, work: Path) -> None:
         final = self.stage_dir(name)

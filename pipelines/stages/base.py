@@ -42,6 +42,12 @@ class StageContext:
     progress: bool = True
     tracker: Any = None  # grpo.tracking.TrackerLogger under this stage's name, when the recipe reports to trackers
     inputs: dict[str, str] = field(default_factory=dict)  # resolved inputs: model, data, and a kind's model_refs (teacher)
+    dist: Any = None  # grpo.distributed.DataParallel when the run has several processes (None: one)
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 (or the only process): the one that writes the stage's files."""
+        return self.dist is None or self.dist.is_main
 
 
 @dataclass

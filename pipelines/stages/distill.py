@@ -96,7 +96,8 @@ class DistillStage(Stage):
         else:
             shared = {f.name: getattr(cfg, f.name) for f in fields(RejectionSamplingConfig) if hasattr(cfg, f.name)}
             rows, stats, scored = rejection_sample(ctx, RejectionSamplingConfig(**shared), model=ctx.inputs["teacher"])
-            write_rejection_sampling(ctx.work_dir, rows, stats, scored)
+            if ctx.is_main:  # (with several processes every rank holds the rows; rank 0 writes them)
+                write_rejection_sampling(ctx.work_dir, rows, stats, scored)
         settings = SFTStage().settings(SFTStage.Config(data="x", sft=cfg.sft), f"stages.{ctx.name}.sft")
         settings.progress = settings.progress and ctx.progress
         callbacks = []
@@ -105,7 +106,10 @@ class DistillStage(Stage):
 
             callbacks.append(trainer_callback(ctx.tracker))
         train_sft(ctx.init_model, rows, template_of(cfg.template, recipe.template), settings, ctx.work_dir,
-                  seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, precision=recipe.precision)
+                  seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, precision=recipe.precision,
+                  distributed=recipe.distributed)
+        if not ctx.is_main:
+            return StageResult()
         losses = [r["loss"] for r in read_jsonl(ctx.work_dir / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
         metrics = {"teacher_samples": stats["total"], "kept": stats["kept"], "keep_rate": stats["kept"] / max(1, stats["total"])}
         if losses:
@@ -125,6 +129,7 @@ class DistillStage(Stage):
             out_dir=ctx.work_dir, seed=ctx.seed, dtype=recipe.dtype, device=recipe.device, resume=ctx.resume,
             on_step=ctx.tracker.on_step if ctx.tracker else None, precision=recipe.precision,
             teacher={"model": ctx.inputs["teacher"], "kl_weight": cfg.kl_weight, "reward_weight": cfg.reward_weight, "baseline": cfg.kl_baseline},
+            distributed=recipe.distributed,
         )
         summary = summarize(result.metrics)
         metrics = {"steps": result.steps_done}

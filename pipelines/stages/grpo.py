@@ -54,6 +54,7 @@ class GRPOStage(Stage):
             resume=ctx.resume,
             precision=recipe.precision,
             on_step=ctx.tracker.on_step if ctx.tracker else None,
+            distributed=recipe.distributed,
         )
         summary = summarize(result.metrics)
         metrics = {"steps": result.steps_done}

@@ -23,8 +23,12 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps({k: v for k, v in r.items() if k != "completion_ids"}, ensure_ascii=False) + "\n" for r in rows)
 
 
-def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None, model: str | None = None):
-    """Rendered prompts of the stage's data, n samples each, from the init model (or ``model``)."""
+def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSettings, n: int, max_prompts: int | None, model: str | None = None,
+            *, score: bool = False, rewards=None) -> list[dict]:
+    """Rendered prompts of the stage's data, n samples each, from the init model (or ``model``),
+    scored with ``rewards`` (default the recipe's) when ``score``. With several processes each
+    samples and scores its share of the prompt batches (``sample_completions(shard=...)``) and
+    every rank gets the whole list, in the one-process order."""
     from grpo.data import load_rows
     from grpo.models import load_model_and_tokenizer
 
@@ -32,26 +36,36 @@ def _sample(ctx: StageContext, data: DataSpec, template, sampling: SamplingSetti
     if max_prompts is not None:
         rows = rows[:max_prompts]
     policy, tokenizer = load_model_and_tokenizer(model or ctx.init_model, dtype=ctx.recipe.dtype, device=ctx.recipe.device)
-    return sample_rows(
+    dist = ctx.dist
+    samples = sample_rows(
         policy, tokenizer, rows, template, sampling.resolved(ctx.recipe.grpo), n, seed=ctx.seed, batch_prompts=sampling.batch_prompts,
-        max_prompt_length=ctx.recipe.grpo.max_prompt_length, progress=ctx.progress, label=ctx.name,
+        max_prompt_length=ctx.recipe.grpo.max_prompt_length, progress=ctx.progress and ctx.is_main, label=ctx.name,
+        shard=(dist.rank, dist.world_size) if dist is not None else (0, 1),
     )
+    if score:
+        samples, _ = _scored(ctx, samples, rewards)
+    if dist is not None and dist.active:
+        samples = sorted(dist.gather(samples), key=lambda r: (r["row"], r["sample"]))  # whole: every rank's share
+    return samples
 
 
 def sample_rows(model, tokenizer, rows: list[dict], template, params: dict, n: int, *, seed: int, batch_prompts: int = 8,
-                max_prompt_length: int | None = None, progress: bool = True, label: str = "sampling") -> list[dict]:
+                max_prompt_length: int | None = None, progress: bool = True, label: str = "sampling",
+                shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """``rows`` rendered with ``template`` (too-long prompts dropped, with a count), n samples each.
 
     ``params``: max_new_tokens, temperature, top_p, top_k. Used by the sampling stages and `grpo eval`.
+    ``shard=(rank, world)``: only this rank's prompt batches (``sample_completions``).
     """
     from grpo.evaluation import sample_completions
     from pipelines.train import model_max_positions, prepare_rows
 
     prepared = prepare_rows(rows, template, tokenizer, max_prompt_length,
                             max_new_tokens=params["max_new_tokens"], max_positions=model_max_positions(model))
-    if prepared.report():
+    if prepared.report() and shard[0] == 0:
         print(f"[{label}] {prepared.report()}")
-    return sample_completions(model, tokenizer, prepared.rows, n, seed=seed, batch_prompts=batch_prompts, progress=progress, **params)
+    return sample_completions(model, tokenizer, prepared.rows, n, seed=seed, batch_prompts=batch_prompts, progress=progress,
+                              shard=shard, **params)
 
 
 def _scored(ctx, samples, rewards):
@@ -94,6 +108,8 @@ class GenerateStage(Stage):
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
         samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
+        if not ctx.is_main:
+            return StageResult()
         atomic_write_text(ctx.work_dir / "data.jsonl", _jsonl(samples))
         return StageResult(outputs={"data": "data.jsonl"}, metrics={"samples": len(samples)})
 
@@ -138,6 +154,8 @@ class RejectionSamplingStage(Stage):
 
     def run(self, ctx: StageContext) -> StageResult:
         rows, stats, scored = rejection_sample(ctx, ctx.config)
+        if not ctx.is_main:
+            return StageResult()
         write_rejection_sampling(ctx.work_dir, rows, stats, scored)
         return StageResult(
             outputs={"data": "data.jsonl"},
@@ -152,8 +170,8 @@ def rejection_sample(ctx: StageContext, cfg: RejectionSamplingConfig, model: str
     from grpo.evaluation import KeepRules, mix_with, select_samples, to_sft_rows
 
     data = data_spec(cfg.data, ctx.recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data")
-    samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts, model)
-    scored, _ = _scored(ctx, samples, cfg.rewards)
+    scored = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts, model,
+                     score=True, rewards=cfg.rewards)
     rules = KeepRules(
         min_rewards=dict(cfg.keep), min_length=cfg.min_length, max_length=cfg.max_length,
         drop_truncated=cfg.drop_truncated, dedupe=cfg.dedupe, max_per_prompt=cfg.max_per_prompt,
@@ -198,9 +216,14 @@ class EvalStage(Stage):
     produces = ("data",)
 
     def run(self, ctx: StageContext) -> StageResult:
+        from pipelines.recipe import reward_terms
+
         cfg = ctx.config
         data = data_spec(cfg.data, ctx.recipe.data.eval, ctx.data_path, f"stages.{ctx.name}.data")
-        samples = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts)
-        scored, terms = _scored(ctx, samples, cfg.rewards)
+        scored = _sample(ctx, data, template_of(cfg.template, ctx.recipe.template), cfg.sampling, cfg.samples_per_prompt, cfg.max_prompts,
+                         score=True, rewards=cfg.rewards)
+        if not ctx.is_main:
+            return StageResult()
+        terms = reward_terms(cfg.rewards or ctx.recipe.rewards)
         summary = write_evaluation(ctx.work_dir, scored, terms, f"{ctx.name}: {ctx.init_model}", ctx.init_model)
         return StageResult(outputs={"data": "samples.jsonl"}, metrics=summary)

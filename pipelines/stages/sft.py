@@ -54,7 +54,10 @@ class SFTStage(Stage):
         train_sft(
             ctx.init_model, rows, template_of(cfg.template, recipe.template), settings, ctx.work_dir,
             seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, precision=recipe.precision,
+            distributed=recipe.distributed,
         )
+        if not ctx.is_main:
+            return StageResult()
         losses = [r["loss"] for r in read_jsonl(ctx.work_dir / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
         metrics = {"rows": len(rows)}
         if losses:
