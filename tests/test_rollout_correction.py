@@ -65,6 +65,27 @@ def test_weights_multiply_the_policy_gradient_term_not_the_kl():
     assert torch.allclose(logp.grad, expected, atol=1e-6)
 
 
+def test_weights_are_constants_even_when_computed_from_the_live_policy():
+    """With μ = 1 the trainer's π_old is the live logp (with its graph): the TIS weight must still
+    act as a constant, d loss / d logp_t = −A·w_t / T with w_t = min(π_t/π_sampler,t, C), no
+    gradient through w."""
+    logp = torch.tensor([[LOG(0.5), LOG(0.2), LOG(0.9)]], requires_grad=True)
+    sampler = torch.tensor([[LOG(0.25), LOG(0.4), LOG(0.3)]])  # r = 2, 0.5, 3 → w = 2, 0.5, 2.5
+    mask = torch.ones(1, 3)
+    w, _ = rollout_correction_weights(logp, sampler, mask, "tis", cap=2.5)
+    assert not w.requires_grad
+    A = 0.7
+    loss, _ = policy_loss(logp, None, torch.tensor([A]), mask, rollout_weights=w)
+    loss.backward()
+    assert torch.allclose(logp.grad, -A * torch.tensor([[2.0, 0.5, 2.5]]) / 3, atol=1e-6)
+    # and the loss itself detaches weights handed to it with a graph
+    logp.grad = None
+    live = torch.exp(logp - sampler).clamp(max=2.5)
+    loss, _ = policy_loss(logp, None, torch.tensor([A]), mask, rollout_weights=live)
+    loss.backward()
+    assert torch.allclose(logp.grad, -A * torch.tensor([[2.0, 0.5, 2.5]]) / 3, atol=1e-6)
+
+
 def test_auto_turns_the_correction_on_where_the_sampler_differs():
     f32, bf16 = torch.float32, torch.bfloat16
     assert sampler_differs("shared_prefix", 1.0, 0, f32, f32, False) is None
