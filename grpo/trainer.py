@@ -456,12 +456,12 @@ class GRPOTrainer:
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             pass_loss = 0.0
-            for i, c in enumerate(chunks):
-                self.parallel.sync_gradients(i == len(chunks) - 1)  # DDP: gradients summed in the last backward only
+            for k, c in enumerate(chunks):
+                self.parallel.sync_gradients(k == len(chunks) - 1)  # DDP: gradients summed in the last backward only
                 with self.precision.autocast(self.device):  # bf16-mixed: bf16 matmuls; log-softmax and loss in float32
                     logp, entropy = self.parallel.forward(self._logprobs, rollout, c, shared, with_entropy=not entropies)
-                if i not in agreement["weights"]:  # π_old is fixed for the μ passes: weights once per micro-batch
-                    agreement["weights"][i] = self._sampler_agreement(rollout, c, logp if old_logp is None else old_logp[c], agreement)
+                if k not in agreement["weights"]:  # π_old is fixed for the μ passes: weights once per micro-batch
+                    agreement["weights"][k] = self._sampler_agreement(rollout, c, logp if old_logp is None else old_logp[c], agreement)
                 chunk_advantages = advantages[c]
                 if teacher_logp is not None:  # per-token: −λ_KL·(log π_old − log π_T − r̄) + λ_R·A_i
                     sampler_logp = logp if old_logp is None else old_logp[c]
@@ -483,7 +483,7 @@ class GRPOTrainer:
                     kl_estimator=cfg.kl_estimator,
                     aggregation=cfg.loss_aggregation,
                     batch=shape,
-                    rollout_weights=agreement["weights"][i],
+                    rollout_weights=agreement["weights"][k],
                 )
                 loss.backward()
                 pass_loss += loss.item()
