@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import sys
 import tempfile
@@ -112,9 +113,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=Workload.model)
     parser.add_argument("--out", help="also write the tables (markdown) here")
     args = parser.parse_args(argv)
-    from grpo.precision import cpu_bf16_flags, probe_cpu_bf16, resolve_precision
+    from grpo.precision import probe_cpu_bf16, resolve_precision
 
-    print(f"# Precision on this machine\n\n{machine()}; bf16 instructions: {', '.join(cpu_bf16_flags()) or 'none'}\n", flush=True)
+    print(f"# Precision on this machine\n\n{machine()}; load average {os.getloadavg()[0]:.2f} at start\n", flush=True)
     parts = ["## Speed, bf16 against float32", "\n".join(speed_probes())]
     probe = probe_cpu_bf16()
     decision = resolve_precision("auto", "cpu", probe=lambda: probe)

@@ -156,6 +156,12 @@ def report(text: str, out: str | None, header: str | None = None) -> None:
 
 
 def machine() -> str:
+    """The machine a figure was measured on: cores, bf16 instructions (AMX or AVX512-BF16: bf16 speed
+    depends on them), torch and its threads."""
     import torch
 
-    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    from grpo.precision import cpu_bf16_flags
+
+    flags = cpu_bf16_flags()
+    bf16 = ", ".join(flags) + ("" if "amx_bf16" in flags else ", no AMX") if flags else "no bf16 instructions"
+    return f"{os.cpu_count()} CPU cores ({bf16}), torch {torch.__version__}, {torch.get_num_threads()} threads"
