@@ -12,7 +12,7 @@ RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 help:
 	@echo "make install   virtual env + torch ($(TORCH)) + this package + the embedded default model"
-	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (about 10 min on 2 CPU cores)"
+	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (a few minutes on 2 CPU cores)"
 	@echo "make test      the whole test suite"
 	@echo "make bench     ours vs TRL (fp32, bf16-mixed), precision, memory, rollouts vs model.generate, scaling, processes (idle machine, ~50 min)"
 	@echo "make gpu-check GRPO steps per rollout engine on a GPU (+ 2-rank NCCL fsdp with 2 GPUs), < 8 min"
