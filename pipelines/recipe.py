@@ -158,6 +158,12 @@ def reward_terms(rewards: dict[str, float | dict[str, Any]]) -> list[RewardTerm]
         except (ValueError, ImportError, AttributeError, TypeError) as exc:
             raise ConfigError(f"rewards.{name}: {exc}") from None
         _check_parameters(name, fn, params)
+        check_setup = getattr(fn, "check_setup", None)  # e.g. the code reward: its sandbox starts here
+        if callable(check_setup):
+            try:
+                check_setup(**params)
+            except (ValueError, RuntimeError) as exc:
+                raise ConfigError(f"rewards.{name}: {exc}") from None
         label = name.rsplit(":", 1)[-1]
         terms.append(RewardTerm(name=label, fn=fn, weight=weight, params=params, when=when))
     return terms

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-from .answers import normalize_answer
+from .answers import FinalAnswer, normalize_answer, normalize_text_answer, offers_alternatives, text_answer
 
 __all__ = ["MathVerifier", "Outcome", "get_verifier"]
 
@@ -47,6 +47,7 @@ class Outcome(str, enum.Enum):
 
     EQUAL = "equal"
     NOT_EQUAL = "not_equal"  # includes a prediction with nothing parseable in it
+    HEDGE = "hedge"  # offers several different candidates where the gold is one value: not equal
     TOO_LONG = "too_long"  # prediction over the length or nesting cap: judged not equal, unparsed
     TIMEOUT = "timeout"  # undecided within the deadline
     WORKER_DIED = "worker_died"  # the worker crashed on this item: undecided
@@ -61,6 +62,7 @@ class Outcome(str, enum.Enum):
 _DECISIONS = {
     Outcome.EQUAL: True,
     Outcome.NOT_EQUAL: False,
+    Outcome.HEDGE: False,
     Outcome.TOO_LONG: False,
     Outcome.TIMEOUT: None,
     Outcome.WORKER_DIED: None,
@@ -69,6 +71,12 @@ _DECISIONS = {
 
 _INTEGER = re.compile(r"[-+]?\d+")
 _OPENERS, _CLOSERS = "({[", ")}]"
+# Candidates compared with each other for the hedge rule; an answer offering more is a hedge
+# whenever they are not all equal (checked on the first ones), and costs a bounded time.
+MAX_ALTERNATIVES = 16
+_DECIMAL_COMMA = re.compile(r"[-+]?\d+,\d+")
+# "The answer is (C)" for a text gold: what follows the lead-in is the answer.
+_TEXT_LEAD_IN = re.compile(r"^.*\b(?:answer|choice|option)\b\s*(?:is\b|:)?\s*", re.IGNORECASE)
 
 
 class MathVerifier:
@@ -110,7 +118,8 @@ class MathVerifier:
         self._owner_pid = os.getpid()
         self._cache: OrderedDict[tuple[str, str], Outcome] = OrderedDict()
         self._stats = dict.fromkeys(
-            ("checked", "cache_hits", "timeouts", "too_long", "too_deep", "bad_gold", "worker_restarts"), 0
+            ("checked", "cache_hits", "timeouts", "worker_died", "hedges", "too_long", "too_deep", "bad_gold", "worker_restarts"),
+            0,
         )
 
     # ----------------------------------------------------------------- public API
@@ -124,21 +133,29 @@ class MathVerifier:
         """:meth:`check` for each ``(pred, gold)`` pair, in order."""
         return [outcome.decision for outcome in self.judge_many(pairs)]
 
-    def judge(self, pred: str, gold: str) -> Outcome:
-        """Like :meth:`check` but says why, e.g. to tell a bad gold from a timeout."""
+    def judge(self, pred: str | FinalAnswer, gold: str) -> Outcome:
+        """Like :meth:`check` but says why, e.g. to tell a bad gold from a timeout or a hedge.
+
+        ``pred`` is a final-answer string or a :class:`~rewards.answers.FinalAnswer`. When the gold
+        is one value (or one tuple or interval) and the answer offers several candidates that are
+        not all equal ("17 or 18", ``\\boxed{17}\\boxed{18}``, ``17 \\lor 18``), the outcome is
+        :attr:`Outcome.HEDGE`, judged not equal. A gold that is a set or list is compared as one.
+        """
         with self._lock:
             self._stats["checked"] += 1
-            outcome = self._precheck(pred, gold)
+            answer = pred if isinstance(pred, FinalAnswer) else FinalAnswer.from_text(pred) if isinstance(pred, str) else None
+            outcome = self._precheck(answer.text if answer is not None else pred, gold)
             if outcome is not None:
                 return outcome
-            key = (normalize_answer(pred), normalize_answer(gold))
-            outcome = self._fast_path(*key)
+            alternatives = tuple(dict.fromkeys(normalize_answer(a) for a in answer.alternatives[: MAX_ALTERNATIVES + 1]))
+            key = (normalize_answer(answer.text), alternatives, answer.disjunctive, normalize_answer(gold))
+            outcome = self._text_path(answer, gold) or self._fast_path(key[0], key[3], alternatives)
             if outcome is not None:
-                return outcome
+                return self._count(outcome)
             if key in self._cache:
                 self._cache.move_to_end(key)
                 self._stats["cache_hits"] += 1
-                return self._cache[key]
+                return self._count(self._cache[key])
             outcome = self._judge_in_worker(*key)
             if outcome is not Outcome.WORKER_DIED:
                 # Timeouts are cached too: a group of 16 identical pathological answers must cost
@@ -154,8 +171,8 @@ class MathVerifier:
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counters since creation: checked, cache_hits, timeouts, too_long, too_deep, bad_gold,
-        worker_restarts (a copy)."""
+        """Counters since creation: checked, cache_hits, timeouts, worker_died, hedges, too_long,
+        too_deep, bad_gold, worker_restarts (a copy)."""
         with self._lock:
             return dict(self._stats)
 
@@ -191,20 +208,38 @@ class MathVerifier:
             return Outcome.TOO_LONG
         return None
 
+    def _count(self, outcome: Outcome) -> Outcome:
+        if outcome is Outcome.HEDGE:
+            self._stats["hedges"] += 1
+        return outcome
+
     @staticmethod
-    def _fast_path(pred: str, gold: str) -> Outcome | None:
+    def _text_path(answer: FinalAnswer, gold: str) -> Outcome | None:
+        """A gold that is words (``\\text{odd}``, ``\\text{(C)}``, ``Evelyn``) is compared as words:
+        math-verify would read ``\\text{E}`` as Euler's number and ``odd`` as a product."""
+        words = text_answer(gold)
+        if words is None:
+            return None
+        said = {normalize_text_answer(answer.text), *(normalize_text_answer(a) for a in answer.alternatives[-1:])}
+        said |= {_TEXT_LEAD_IN.sub("", s) for s in said}
+        return Outcome.EQUAL if words in said else Outcome.NOT_EQUAL
+
+    @staticmethod
+    def _fast_path(pred: str, gold: str, alternatives: tuple[str, ...]) -> Outcome | None:
         """Two plain integers (the bulk of GSM8K-style answers) compare exactly, without IPC."""
         # (int() refuses strings over 4300 digits; such answers go to the worker)
-        if len(pred) < 4000 and len(gold) < 4000 and _INTEGER.fullmatch(pred) and _INTEGER.fullmatch(gold):
+        if len(alternatives) > 1 or len(pred) >= 4000 or len(gold) >= 4000:
+            return None
+        if _INTEGER.fullmatch(pred) and _INTEGER.fullmatch(gold):
             return Outcome.EQUAL if int(pred) == int(gold) else Outcome.NOT_EQUAL
         return None
 
     # ----------------------------------------------------------------- worker management
 
-    def _judge_in_worker(self, pred: str, gold: str) -> Outcome:
+    def _judge_in_worker(self, pred: str, alternatives: tuple[str, ...], disjunctive: bool, gold: str) -> Outcome:
         worker = self._ensure_worker()
         try:
-            worker.writer.send((pred, gold))
+            worker.writer.send((pred, alternatives, disjunctive, gold))
             if not worker.reader.poll(self.timeout_s):
                 self._stats["timeouts"] += 1
                 self._stats["worker_restarts"] += 1
@@ -214,6 +249,7 @@ class MathVerifier:
             outcome = Outcome(worker.reader.recv())
         except (EOFError, OSError) as exc:  # the worker died (segfault, OOM kill...)
             self._stats["worker_restarts"] += 1
+            self._stats["worker_died"] += 1
             logger.warning("math-verify worker died (%s); restarting it", exc)
             self._stop_worker(graceful=False)
             return Outcome.WORKER_DIED
@@ -221,7 +257,7 @@ class MathVerifier:
             self._stats["timeouts"] += 1
         elif outcome is Outcome.BAD_GOLD:
             self._stats["bad_gold"] += 1
-        return outcome
+        return self._count(outcome)
 
     def _ensure_worker(self) -> _WorkerHandle:
         if self._owner_pid != os.getpid():
@@ -349,12 +385,13 @@ def get_verifier() -> MathVerifier:
 # Words that are function names, not prose, in a plain-text answer such as "sqrt(2)".
 _MATH_WORDS = frozenset(
     "sqrt sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln exp pi mod gcd lcm "
-    "max min det inf infty".split()
+    "max min det inf infty and".split()  # "and" joins the items of a list: "19, 46, and 82"
 )
 _TEXT_GROUP = re.compile(r"\\(?:text\w*|math(?:rm|bf|it|sf|tt)|mbox|operatorname\*?|begin|end)\s*\{[^{}]*\}")
 _LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
 _GREEK = re.compile(r"[\u0370-\u03ff]")  # π, θ... are math symbols, not words
 _ASCII_WORD = re.compile(r"[A-Za-z]{3,}")
+_SUBSCRIPT = re.compile(r"_\{[^{}]*\}|_\w")  # a_{max}, x_1: names, not words
 _OTHER_LETTER = re.compile(r"[^\W\d_A-Za-z]")
 
 
@@ -364,10 +401,11 @@ def _looks_like_prose(answer: str) -> bool:
     math-verify's LaTeX parser reads such text as a product of one-letter symbols, so prose is
     parsed as free text (where math-verify looks for the number) instead of as a ``$...$`` formula.
     """
-    bare = _GREEK.sub(" ", _LATEX_COMMAND.sub(" ", _TEXT_GROUP.sub(" ", answer)))
+    bare = _GREEK.sub(" ", _LATEX_COMMAND.sub(" ", _TEXT_GROUP.sub(" ", _SUBSCRIPT.sub(" ", answer))))
     if _OTHER_LETTER.search(bare):
         return True
-    return any(word.lower() not in _MATH_WORDS for word in _ASCII_WORD.findall(bare))
+    # Capitals only ("ABC", "MBCN") name points and figures: math, not words.
+    return any(word.lower() not in _MATH_WORDS and not word.isupper() for word in _ASCII_WORD.findall(bare))
 
 
 class _WorkerJudge:
@@ -376,9 +414,11 @@ class _WorkerJudge:
     def __init__(self, inner_timeout_s: int) -> None:
         from math_verify import parse, verify
         from math_verify.errors import TimeoutException
+        import sympy
         from sympy import Basic
         from sympy.matrices import MatrixBase
 
+        self._sympy, self._matrix_type = sympy, MatrixBase
         self._parse_fn, self._verify_fn = parse, verify
         self._timeout_exc = TimeoutException
         self._sympy_types = (Basic, MatrixBase)
@@ -402,44 +442,101 @@ class _WorkerJudge:
                 return tuple(parsed)
         return ()
 
-    def __call__(self, pred: str, gold: str) -> Outcome:
+    def __call__(self, pred: str, alternatives: tuple[str, ...], disjunctive: bool, gold: str) -> Outcome:
         try:
             gold_parsed = self._parse_gold(gold)
         except self._timeout_exc:
             return Outcome.TIMEOUT
         except Exception:
             return Outcome.BAD_GOLD
-        # A gold that only survives as a raw string (math-verify's fallback) is not usable.
-        if not any(isinstance(item, self._sympy_types) for item in gold_parsed):
-            return Outcome.BAD_GOLD
         try:
-            pred_parsed = self._parse(pred)
+            if _DECIMAL_COMMA.fullmatch(gold) and not _DECIMAL_COMMA.fullmatch(pred):
+                # "1,22" is a pair as LaTeX but 1.22 as a number; a prediction in decimals decides.
+                if not self._matches(gold_parsed, self._parse(pred)):
+                    gold_parsed = self._parse_gold(gold.replace(",", "."))
+            # A gold that only survives as a raw string (math-verify's fallback) is not usable,
+            # except that a prediction written exactly like it equals it.
+            gold_values = [item for item in gold_parsed if isinstance(item, self._sympy_types)]
+            if not gold_values:
+                return Outcome.EQUAL if "".join(pred.split()) == "".join(gold.split()) else Outcome.BAD_GOLD
+            kind = self._kind(gold_values[0])
+            first_value = None
+            hedge_rule = kind == "value" or (kind == "object" and disjunctive and not offers_alternatives(gold))
+            if hedge_rule and len(alternatives) > 1:
+                # Several candidates for one value: a hedge unless they all say the same thing.
+                values = self._distinct_values(alternatives)
+                if values is None:
+                    return Outcome.HEDGE
+                first_value = values[0] if values else None
+            if self._matches(gold_parsed, self._parse(pred)):
+                return Outcome.EQUAL
+            if first_value is not None and self._matches(gold_parsed, first_value):
+                return Outcome.EQUAL  # "17, 17", "\\frac12 or 0.5": the candidates agree
+            if kind == "value" and _DECIMAL_COMMA.fullmatch(pred) and self._matches(gold_parsed, self._parse(pred.replace(",", "."))):
+                return Outcome.EQUAL  # "1,22" for a gold of 1.22: a decimal comma
         except self._timeout_exc:
             return Outcome.TIMEOUT
-        except Exception:
-            return Outcome.NOT_EQUAL
+        return Outcome.NOT_EQUAL
+
+    def _matches(self, gold_parsed: tuple, pred_parsed: tuple) -> bool:
         # verify() is not symmetric: gold first. Pairs are tried one by one so that an error in
         # one pair does not hide a match in another.
         for gold_item, pred_item in itertools.product(gold_parsed, pred_parsed):
             try:
                 if self._verify_fn(gold_item, pred_item, timeout_seconds=self._inner, raise_on_error=True):
-                    return Outcome.EQUAL
+                    return True
             except self._timeout_exc:
-                return Outcome.TIMEOUT
+                raise
             except Exception:
                 continue
-        return Outcome.NOT_EQUAL
+        return False
+
+    def _distinct_values(self, alternatives: tuple[str, ...]) -> list[tuple] | None:
+        """The parsed candidates when they are all equal to the first one (those that parse at
+        all); None when two differ or there are too many to compare (a hedge)."""
+        if len(alternatives) > MAX_ALTERNATIVES:
+            return None
+        values = []
+        for text in alternatives:
+            try:
+                parsed = self._parse(text)
+            except self._timeout_exc:
+                raise
+            except Exception:
+                continue
+            if any(isinstance(item, self._sympy_types) for item in parsed):
+                values.append(parsed)
+        for other in values[1:]:
+            if not (self._matches(values[0], other) or self._matches(other, values[0])):
+                return None
+        return values
+
+    def _kind(self, value) -> str:
+        """``value`` (a number or expression, ``x = 5`` too), ``set`` (several values: ``{1, 2}``,
+        ``\\pm 3``, ``x = 1 or x = 2``) or ``object`` (one tuple, interval, matrix or relation)."""
+        if isinstance(value, self._sympy.Eq):
+            sides = [self._kind(side) for side in (value.lhs, value.rhs)]
+            return "object" if "object" in sides else "set" if "set" in sides else "value"
+        if isinstance(value, self._sympy.FiniteSet):
+            return "set" if len(value) > 1 else self._kind(next(iter(value))) if len(value) else "object"
+        if isinstance(value, self._sympy.Or):
+            return "set"
+        if isinstance(value, (tuple, list, self._sympy.Tuple)):
+            return "object" if len(value) > 1 else self._kind(value[0]) if len(value) else "object"
+        if isinstance(value, (self._sympy.Set, self._sympy.And, self._sympy.Rel, self._matrix_type)):
+            return "object"
+        return "value"
 
 
 def _worker_main(read_fd: int, write_fd: int, inner_timeout_s: int) -> None:
-    """Worker loop: receive (pred, gold), send back an Outcome value; ``None`` or EOF ends it."""
+    """Worker loop: receive (pred, alternatives, disjunctive, gold), send back an Outcome value; ``None`` or EOF ends it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     for name in ("math_verify", "latex2sympy2_extended"):
         logging.getLogger(name).setLevel(logging.CRITICAL)  # we report timeouts ourselves
     try:
         judge = _WorkerJudge(inner_timeout_s)
-        judge("1/2", "0.5")  # warm up the parser so the first real item is not charged for it
+        judge("1/2", ("1/2",), False, "0.5")  # warm up the parser so the first real item is not charged for it
     except BaseException as exc:
         outbox.send(("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -451,9 +548,8 @@ def _worker_main(read_fd: int, write_fd: int, inner_timeout_s: int) -> None:
             return
         if message is None:
             return
-        pred, gold = message
         try:
-            outcome = judge(pred, gold)
+            outcome = judge(*message)
         except Exception:  # never let one odd input end the worker
             outcome = Outcome.NOT_EQUAL
         outbox.send(outcome.value)

@@ -165,7 +165,7 @@ RECIPE_CASES = [
          _both(_user_module("my_rewards", USER_REWARDS), _set("rewards", {"my_rewards:THRESHOLD": 1.0}))),
     Case(R, "reward_param_typo", "rewards.my_rewards:brevity.limt: unknown parameter; did you mean 'limit'?", ("rewards.my_rewards:brevity.limt",),
          _both(_user_module("my_rewards", USER_REWARDS), _set("rewards", {"my_rewards:brevity": {"weight": 1.0, "limt": 3}}))),
-    Case(R, "builtin_param_typo", "rewards.accuracy.fallbak: unknown parameter; did you mean 'fallback'? parameters: gold_column, fallback",
+    Case(R, "builtin_param_typo", "rewards.accuracy.fallbak: unknown parameter; did you mean 'fallback'? parameters: gold_column, answer_extraction, fallback",
          ("rewards.accuracy.fallbak",), _set("rewards", {"accuracy": {"weight": 1.0, "fallbak": "last_number"}})),
     Case(R, "required_param_missing", "rewards.reward_model.model: required parameter is missing", ("rewards.reward_model.model",),
          _set("rewards", {"reward_model": 1.0})),

@@ -145,7 +145,7 @@ def test_dry_run_checks_without_training(tiny_model_dir, tmp_path):
         dry_run(recipe)
 
 
-@pytest.mark.parametrize("path", ["recipes/r1.yaml", "recipes/r1_zero.yaml", "recipes/gpu/r1_zero_qwen.yaml", "recipes/gpu/r1_qwen.yaml"])
+@pytest.mark.parametrize("path", ["recipes/r1.yaml", "recipes/r1_zero.yaml", "recipes/code_r1_zero.yaml", "recipes/gpu/r1_zero_qwen.yaml", "recipes/gpu/r1_qwen.yaml"])
 def test_shipped_recipes_validate(path, tmp_path):
     root = Path(__file__).resolve().parents[1]
     overrides = []

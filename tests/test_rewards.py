@@ -137,7 +137,8 @@ def test_completion_and_prompt_text():
     ("completion", "expected"),
     [
         (r"so \boxed{\frac{3}{4}}.", r"\frac{3}{4}"),
-        (r"\boxed{1} then \boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),  # last, nested braces
+        (r"\boxed{1} is wrong, so we redo it: \boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),  # last, nested braces
+        (r"\boxed{1} then \boxed{2}", "1, 2"),  # boxes that only short words separate: one answer
         (r"<answer>7</answer> later \boxed{9}", "7"),  # the answer tag wins
         (r"<answer>so \boxed{12}</answer>", "12"),  # boxed inside the answer tag
         ("<answer>1</answer><answer> 2 </answer>", "2"),  # last tag

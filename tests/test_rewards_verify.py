@@ -188,7 +188,7 @@ def test_accuracy_gold_column_and_missing_column():
         accuracy_reward(["p"], [r"\boxed{2}"], answer=["2"])
 
 
-def test_accuracy_timeout_scores_zero_and_is_counted(monkeypatch, quick_verifier):
+def test_accuracy_timeout_is_undecided_and_counted(monkeypatch, quick_verifier):
     monkeypatch.setattr(accuracy_module, "get_verifier", lambda: quick_verifier)
     before = quick_verifier.stats["timeouts"]
     logged = {}
@@ -197,9 +197,48 @@ def test_accuracy_timeout_scores_zero_and_is_counted(monkeypatch, quick_verifier
         ["3", "3", "3"],
         log_metric=lambda name, value: logged.__setitem__(name, value),
     )
-    assert got == [0.0, 1.0, 0.0]
+    assert got == [None, 1.0, 0.0]  # a timeout is not a wrong answer
     assert quick_verifier.stats["timeouts"] - before == 1
-    assert logged == {"accuracy/verify_timeouts": pytest.approx(1 / 3), "accuracy/no_answer": pytest.approx(1 / 3)}
+    assert logged == {
+        "accuracy/verify_timeouts": pytest.approx(1 / 3),
+        "accuracy/verify_crashes": 0.0,
+        "accuracy/hedges": 0.0,
+        "accuracy/no_answer": pytest.approx(1 / 3),
+    }
+
+
+def test_accuracy_worker_crash_is_undecided_and_counted(monkeypatch):
+    """A math-verify worker that dies on an item (segfault, OOM kill) gives None, not 0.0."""
+    import os
+    import signal
+
+    verifier = MathVerifier(timeout_s=10.0)
+    monkeypatch.setattr(accuracy_module, "get_verifier", lambda: verifier)
+    real_judge = verifier._judge_in_worker
+
+    def crash_on_seven(pred, *rest):
+        if pred == r"\frac{7}{2}":  # the worker dies while it judges this item
+            worker = verifier._ensure_worker()
+            send = worker.writer.send
+
+            def send_then_die(message):
+                send(message)
+                os.kill(worker.process.pid, signal.SIGKILL)
+                worker.process.wait()
+
+            worker.writer.send = send_then_die
+        return real_judge(pred, *rest)
+
+    monkeypatch.setattr(verifier, "_judge_in_worker", crash_on_seven)
+    logged = {}
+    try:
+        got = accuracy([r"\boxed{\frac{7}{2}}", r"\boxed{\frac{5}{2}}"], ["3.5", "2.5"], log_metric=logged.__setitem__)
+        stats = verifier.stats
+    finally:
+        verifier.close()
+    assert got == [None, 1.0]  # the next item gets a fresh worker
+    assert stats["worker_died"] == 1 and stats["worker_restarts"] == 1
+    assert logged["accuracy/verify_crashes"] == pytest.approx(1 / 2)
 
 
 def test_accuracy_on_a_huge_completion_is_fast():

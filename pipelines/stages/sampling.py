@@ -225,5 +225,9 @@ class EvalStage(Stage):
         if not ctx.is_main:
             return StageResult()
         terms = reward_terms(cfg.rewards or ctx.recipe.rewards)
-        summary = write_evaluation(ctx.work_dir, scored, terms, f"{ctx.name}: {ctx.init_model}", ctx.init_model)
+        # A code recipe (no accuracy, a code reward) is judged by its tests; programs have no majority vote.
+        names = {t.name for t in terms}
+        correctness = "code" if "code" in names and "accuracy" not in names else "accuracy"
+        summary = write_evaluation(ctx.work_dir, scored, terms, f"{ctx.name}: {ctx.init_model}", ctx.init_model,
+                                   accuracy=correctness, majority=correctness != "code")
         return StageResult(outputs={"data": "samples.jsonl"}, metrics=summary)
