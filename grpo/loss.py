@@ -4,7 +4,10 @@ Notation, per completion i and completion token t (masked by m_it ∈ {0, 1}):
 
     ρ_it      = exp(logπ_θ − logπ_old)                      importance ratio to the sampling policy
     L^clip_it = −min(ρ_it·A_i, clip(ρ_it, 1−ε_low, 1+ε_high)·A_i)
-    L_it      = L^clip_it + β·KL_it                          KL to the frozen reference, in the loss
+    L_it      = w_it·L^clip_it + β·KL_it                     KL to the frozen reference, in the loss
+
+``w_it`` are the rollout-correction weights (grpo/rollout_correction.py; 1 when the sampler and
+the trainer agree): detached, on the policy-gradient term only.
 
 ``π_old`` is the policy that sampled the batch: with μ = 1 it equals π_θ at the first pass, so
 ρ = 1 and the gradient is the plain policy gradient; with μ > 1 inner passes the clip keeps later
@@ -15,11 +18,19 @@ passes close to it. The per-token losses are then reduced by a registered *aggre
 ``dapo``     (DAPO)                 Σ m·L / Σ m over the whole batch    ... across micro-batches/ranks
 ``dr_grpo``  (Dr. GRPO)             Σ m·L / (N · L_max)                 a constant: no length bias
 
-The KL estimators (Schulman, "Approximating KL divergence"), with δ = logπ_ref − logπ_θ:
+The KL estimators (Schulman, "Approximating KL divergence"), with δ = logπ_ref − logπ_θ on tokens
+sampled from π_θ. As *values* all three estimate KL(π_θ‖π_ref) (k1 and k3 without bias; k2 with a
+small one). As *terms of the loss* what matters is their gradient, and that differs:
 
-``k1``  −δ                (unbiased, can be negative)
-``k2``  δ² / 2
-``k3``  exp(δ) − δ − 1    (unbiased, always ≥ 0, low variance; GRPO's choice)
+``k1``  −δ                ∇ = ∇logπ_θ, the score function: zero in expectation, so k1 in the loss
+                          does not regularise at all. Refused there (GRPOConfig); it is the
+                          estimator of ``kl_in: reward``, where it is a reward, not a loss term.
+``k2``  δ² / 2            ∇ = −δ·∇logπ_θ: in expectation the gradient of KL(π_θ‖π_ref)
+``k3``  exp(δ) − δ − 1    ∇ = (1 − π_ref/π_θ)·∇logπ_θ: in expectation the gradient of the
+                          *reverse* KL(π_ref‖π_θ) (GRPO's choice; value ≥ 0, low variance)
+
+``kl_in: reward`` (PPO, verl) leaves the KL out of the loss and subtracts β·Σ_t k1_t from each
+completion's reward before the advantages (:func:`kl_reward_penalty`).
 """
 
 from __future__ import annotations
@@ -44,7 +55,7 @@ def register_kl(name: str):
 
 @register_kl("k1")
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k1 = logπ_θ − logπ_ref."""
+    """k1 = logπ_θ − logπ_ref (a value estimate; its gradient has mean 0, see the module docstring)."""
     return logp - ref_logp
 
 
@@ -62,11 +73,24 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token KL(π_θ ‖ π_ref) estimate with the named estimator."""
+    """Per-token estimate of the value KL(π_θ ‖ π_ref) with the named estimator (its gradient in
+    the loss depends on the estimator: module docstring)."""
     try:
         return KL_ESTIMATORS[estimator](logp, ref_logp)
     except KeyError:
         raise ValueError(f"unknown kl_estimator {estimator!r}; registered: {', '.join(KL_ESTIMATORS)}") from None
+
+
+def kl_reward_penalty(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-completion KL penalty for ``kl_in: reward``, [n]:
+
+        penalty_i = β · Σ_t m_it · (logπ_old − logπ_ref)_it        (k1 summed over the completion)
+
+    subtracted from reward r_i before the group advantages (PPO/verl put the per-token k1 into the
+    per-token rewards; with one outcome reward per completion their sum is the same). No gradient.
+    """
+    with torch.no_grad():
+        return beta * ((old_logp - ref_logp) * mask.to(old_logp.dtype)).sum(dim=-1)
 
 
 # --- loss aggregations -----------------------------------------------------------------------
@@ -156,13 +180,15 @@ def policy_loss(
     kl_estimator: str = "k3",
     aggregation: str = "grpo",
     batch: BatchShape | None = None,
+    rollout_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """GRPO loss of one micro-batch; see the module docstring for the equations.
 
-    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``: [n, T]; ``advantages``: [n], or [n, T]
-    for per-token advantages (on-policy distillation, grpo/distill.py).
+    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``mask``, ``rollout_weights``: [n, T];
+    ``advantages``: [n], or [n, T] for per-token advantages (on-policy distillation, grpo/distill.py).
     ``old_logp=None`` means π_old = π_θ (μ = 1): ρ is exp(logp − logp.detach()) = 1 with the
     policy gradient intact. ``batch`` defaults to this micro-batch alone.
+    ``rollout_weights`` (grpo.rollout_correction; None = 1) multiply the policy-gradient term only.
     """
     mask = mask.to(logp.dtype)
     if batch is None:
@@ -177,6 +203,8 @@ def policy_loss(
     adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(1)  # [n, T]: per-token (distillation)
     clipped_ratio = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high)
     per_token = -torch.min(ratio * adv, clipped_ratio * adv)
+    if rollout_weights is not None:
+        per_token = per_token * rollout_weights.detach()
 
     kl = None
     if beta != 0.0:
