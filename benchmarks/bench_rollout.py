@@ -31,7 +31,8 @@ def generate_plain(model, tokenizer, prompts, params) -> int:
     eos = eos_token_ids(tokenizer, model)
     with torch.no_grad():
         out = model.generate(
-            input_ids=ids, attention_mask=mask, do_sample=True, temperature=params.temperature, top_p=1.0, top_k=None,
+            # top_k=0: generate's own default is top-k 50, which would sample another distribution
+            input_ids=ids, attention_mask=mask, do_sample=True, temperature=params.temperature, top_p=1.0, top_k=0,
             max_new_tokens=params.max_new_tokens, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
         )
     completion_mask, _ = completion_mask_from_ids(out[:, ids.shape[1] :], eos)

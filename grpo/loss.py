@@ -5,8 +5,13 @@ Notation, per completion i and completion token t (masked by m_it ∈ {0, 1}):
     ρ_it      = exp(logπ_θ − logπ_old)                      importance ratio to the sampling policy
     P_it      = the registered *policy loss* (``policy_loss:``; below), e.g. clip:
                 −min(ρ_it·A_i, clip(ρ_it, 1−ε_low, 1+ε_high)·A_i)
-    L_it      = P_it + β·KL_it − c_H·H_it                     KL to the frozen reference, in the loss;
+    L_it      = w_it·P_it + β·KL_it − c_H·H_it                KL to the frozen reference, in the loss;
                                                             optional entropy bonus (``entropy_coef``)
+
+``w_it`` are the rollout-correction weights (grpo/rollout_correction.py; 1 when the sampler and
+the trainer agree): detached, a separate factor per token on the policy term only, whichever
+policy loss P is. They correct for the sampler's probabilities differing from the trainer's
+π_old; P's own ratio (token or sequence, clipped or gated) handles π_θ against π_old.
 
 ``π_old`` is the policy that sampled the batch: with μ = 1 it equals π_θ at the first pass, so
 ρ = 1 and the gradient is the plain policy gradient; with μ > 1 inner passes the clip keeps later
@@ -28,11 +33,19 @@ The per-token losses L are then reduced by a registered *aggregation*:
 ``dapo``     (DAPO)                 Σ m·L / Σ m over the whole batch    ... across micro-batches/ranks
 ``dr_grpo``  (Dr. GRPO)             Σ m·L / (N · L_max)                 a constant: no length bias
 
-The KL estimators (Schulman, "Approximating KL divergence"), with δ = logπ_ref − logπ_θ:
+The KL estimators (Schulman, "Approximating KL divergence"), with δ = logπ_ref − logπ_θ on tokens
+sampled from π_θ. As *values* all three estimate KL(π_θ‖π_ref) (k1 and k3 without bias; k2 with a
+small one). As *terms of the loss* what matters is their gradient, and that differs:
 
-``k1``  −δ                (unbiased, can be negative)
-``k2``  δ² / 2
-``k3``  exp(δ) − δ − 1    (unbiased, always ≥ 0, low variance; GRPO's choice)
+``k1``  −δ                ∇ = ∇logπ_θ, the score function: zero in expectation, so k1 in the loss
+                          does not regularise at all. Refused there (GRPOConfig); it is the
+                          estimator of ``kl_in: reward``, where it is a reward, not a loss term.
+``k2``  δ² / 2            ∇ = −δ·∇logπ_θ: in expectation the gradient of KL(π_θ‖π_ref)
+``k3``  exp(δ) − δ − 1    ∇ = (1 − π_ref/π_θ)·∇logπ_θ: in expectation the gradient of the
+                          *reverse* KL(π_ref‖π_θ) (GRPO's choice; value ≥ 0, low variance)
+
+``kl_in: reward`` (PPO, verl) leaves the KL out of the loss and subtracts β·Σ_t k1_t from each
+completion's reward before the advantages (:func:`kl_reward_penalty`).
 
 Clip-higher (DAPO): with a symmetric clip a token of probability 0.01 may rise only to 0.012 in
 one pass, while a likely token has room to grow, so exploration tokens are squeezed out and the
@@ -62,7 +75,7 @@ def register_kl(name: str):
 
 @register_kl("k1")
 def kl_k1(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k1 = logπ_θ − logπ_ref."""
+    """k1 = logπ_θ − logπ_ref (a value estimate; its gradient has mean 0, see the module docstring)."""
     return logp - ref_logp
 
 
@@ -80,11 +93,24 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def kl_divergence(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-token KL(π_θ ‖ π_ref) estimate with the named estimator."""
+    """Per-token estimate of the value KL(π_θ ‖ π_ref) with the named estimator (its gradient in
+    the loss depends on the estimator: module docstring)."""
     try:
         return KL_ESTIMATORS[estimator](logp, ref_logp)
     except KeyError:
         raise ValueError(f"unknown kl_estimator {estimator!r}; registered: {', '.join(KL_ESTIMATORS)}") from None
+
+
+def kl_reward_penalty(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-completion KL penalty for ``kl_in: reward``, [n]:
+
+        penalty_i = β · Σ_t m_it · (logπ_old − logπ_ref)_it        (k1 summed over the completion)
+
+    subtracted from reward r_i before the group advantages (PPO/verl put the per-token k1 into the
+    per-token rewards; with one outcome reward per completion their sum is the same). No gradient.
+    """
+    with torch.no_grad():
+        return beta * ((old_logp - ref_logp) * mask.to(old_logp.dtype)).sum(dim=-1)
 
 
 # --- loss aggregations -----------------------------------------------------------------------
@@ -299,16 +325,18 @@ def policy_loss(
     entropy_coef: float = 0.0,
     aggregation: str = "grpo",
     batch: BatchShape | None = None,
+    rollout_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
-    """GRPO loss of one micro-batch: L = aggregate(P + β·KL − c_H·H); see the module docstring.
+    """GRPO loss of one micro-batch: L = aggregate(w·P + β·KL − c_H·H); see the module docstring.
 
-    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``entropy``, ``mask``: [n, T]; ``advantages``: [n],
-    or [n, T] for per-token advantages (on-policy distillation, grpo/distill.py).
+    Shapes: ``logp``, ``old_logp``, ``ref_logp``, ``entropy``, ``mask``, ``rollout_weights``: [n, T];
+    ``advantages``: [n], or [n, T] for per-token advantages (on-policy distillation, grpo/distill.py).
     ``old_logp=None`` means π_old = π_θ (μ = 1): ρ is exp(logp − logp.detach()) = 1 with the
     policy gradient intact. ``policy`` names the registered policy loss P. ``entropy`` (with its
     graph) is needed when ``entropy_coef`` ≠ 0: the bonus is a per-token term like the KL, so it
     is aggregated the same way and micro-batches still add up to the batch loss. ``batch``
-    defaults to this micro-batch alone.
+    defaults to this micro-batch alone. ``rollout_weights`` (grpo.rollout_correction; None = 1)
+    multiply the policy term P only.
     """
     mask = mask.to(logp.dtype)
     if batch is None:
@@ -327,6 +355,8 @@ def policy_loss(
     settings = PolicyLossSettings(epsilon_low, epsilon_high, sapo_temperature_pos, sapo_temperature_neg)
     term = policy_fn(logp, old, adv, mask, settings)
     per_token = term.loss
+    if rollout_weights is not None:
+        per_token = per_token * rollout_weights.detach()
 
     kl = None
     if beta != 0.0:

@@ -556,6 +556,11 @@ def _torch_dtype(dtype: "str | torch.dtype") -> "str | torch.dtype":
     return getattr(torch, _DTYPES[key])
 
 
+def resolve_device(device: "str | torch.device") -> "torch.device":
+    """The torch device a recipe's ``device`` names (``auto``: this process's GPU, else MPS, else CPU)."""
+    return _resolve_device(device)
+
+
 def _resolve_device(device: "str | torch.device") -> "torch.device":
     import torch
 

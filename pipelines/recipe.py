@@ -13,7 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -46,7 +46,9 @@ class Recipe:
     model: str = "smollm2-135m-instruct"  # alias, Hugging Face id or local directory
     seed: int = 0  # fixes data order, sampling and initialisation
     output_dir: str | None = None  # default: runs/<name>
-    dtype: str = "float32"  # float32 on CPU; bfloat16 on GPUs that have it
+    dtype: str = "float32"  # weights of the sampling stages (generate, eval, rejection_sampling); for grpo/sft when precision is unset
+    # grpo and sft stages: auto | fp32 | bf16-mixed | bf16 (grpo/precision.py); unset: from dtype (float32 → fp32, bfloat16 → bf16)
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] | None = None
     device: str = "auto"  # where GRPO and sampling run: auto (a GPU if there is one, else the CPU), cpu, cuda, cuda:1, mps
     template: TemplateSpec | str = "chat"  # a TemplateSpec mapping, or just its kind
     # name (registered or "module.path:function") -> weight, or {weight: w, <param>: value, ...}

@@ -258,7 +258,8 @@ def _config_hash(recipe: Recipe, stage: PlannedStage, by_name: dict[str, Planned
         "init": stage.init if stage.model_ref else (recipe.model if stage.init == "base" else stage.init),
         "config": _explicit(stage.config),
         # Recipe-level defaults a stage may read; hashing them all keeps the rule simple.
-        "defaults": {k: _explicit(getattr(recipe, k)) for k in ("data", "template", "rewards", "grpo", "dtype", "seed")},
+        "defaults": {k: _explicit(getattr(recipe, k)) for k in ("data", "template", "rewards", "grpo", "dtype", "seed")}
+        | ({"precision": recipe.precision} if recipe.precision is not None else {}),  # (unset: hashes stay as they were)
         "upstream": {ref: by_name[ref].config_hash for ref in stage.depends_on},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -115,25 +115,45 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def load_for_training(model: str, precision: str | None, dtype: str, device: str, run_dir: Path | None = None, resume: bool = False,
+                      load_device: str | None = None):
+    """(model, tokenizer, Precision) for a grpo stage: the precision resolved for the device
+    (``auto`` probes it, grpo/precision.py; a resumed run keeps the one it started with), the
+    weights loaded in its parameter dtype onto ``load_device`` (default: ``device``)."""
+    from grpo.models import load_model_and_tokenizer, resolve_device
+    from grpo.precision import precision_of_dtype, recorded_precision, requested_precision, resolve_precision
+
+    requested, why = requested_precision(precision, dtype)
+    if requested == "checkpoint":  # dtype: auto, the checkpoint's own dtype, trained as it is
+        policy, tokenizer = load_model_and_tokenizer(model, dtype="auto", device=load_device or device)
+        return policy, tokenizer, precision_of_dtype(next(policy.parameters()).dtype, why)
+    resolved = recorded_precision(run_dir) if resume and requested == "auto" and run_dir is not None else None
+    resolved = resolved or resolve_precision(requested, resolve_device(device), why=why)
+    policy, tokenizer = load_model_and_tokenizer(model, dtype=resolved.param_dtype, device=load_device or device)
+    return policy, tokenizer, resolved
+
+
 def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dict, config: GRPOConfig, out_dir: Path,
              seed: int, dtype: str = "float32", device: str = "auto", resume: bool = False, on_step=None,
-             teacher: dict | None = None, distributed: DistributedSettings | None = None):
+             teacher: dict | None = None, precision: str | None = None, distributed: DistributedSettings | None = None):
     """Load everything a GRPO run needs and train into ``out_dir``; returns the TrainResult.
     ``on_step``: the trainer's per-step hook (experiment trackers). ``teacher``: on-policy
     distillation, ``{"model": name, "kl_weight": λ_KL, "reward_weight": λ_R, "baseline": bool}`` (grpo/distill.py).
+    ``precision``: the recipe's (grpo/precision.py; unset: from ``dtype``).
     ``distributed``: how several processes share the policy (grpo/launch.py)."""
     from grpo.launch import launched_world_size
-    from grpo.models import _resolve_device, load_model_and_tokenizer
+    from grpo.models import load_model_and_tokenizer, resolve_device
     from grpo.trainer import GRPOTrainer
 
     distributed = distributed or DistributedSettings()
     terms = reward_terms(rewards)  # fail on a bad reward name before loading anything big
     rows = load_rows(data)  # data errors surface before the model is loaded
     check_rewards_on_data(terms, rows, config)  # and a reward's signature/column errors
-    target = _resolve_device(device)
+    target = resolve_device(device)
     # FSDP moves each rank's shards to its device: the whole model never has to fit on one GPU.
     sharded = launched_world_size() > 1 and distributed.resolved_strategy() == "fsdp"
-    policy, tokenizer = load_model_and_tokenizer(model, dtype=dtype, device="cpu" if sharded else target)
+    policy, tokenizer, resolved = load_for_training(model, precision, dtype, str(target), out_dir, resume,
+                                                    load_device="cpu" if sharded else None)
     prepared = prepare_rows(rows, template, tokenizer, config.max_prompt_length,
                             max_new_tokens=config.max_new_tokens, max_positions=model_max_positions(policy))
     if prepared.report() and is_main_process():
@@ -146,7 +166,9 @@ def run_grpo(*, model: str, data: DataSpec, template: TemplateSpec, rewards: dic
         distill = Teacher(teacher_model, teacher_tokenizer, teacher.get("kl_weight", 1.0), teacher.get("reward_weight", 0.0),
                           teacher.get("baseline", True))
     trainer = GRPOTrainer(policy, tokenizer, terms, prepared.rows, config, out_dir, seed=seed, on_step=on_step, teacher=distill,
-                          distributed=distributed, device=target)
+                          precision=resolved, distributed=distributed, device=target)
+    if is_main_process():
+        print(trainer.describe_precision(), flush=True)  # also in <run dir>/precision.json
     return trainer.train(resume=resume)
 
 
@@ -222,7 +244,7 @@ def train_from_recipe(recipe: Recipe, resume: bool = False, run_dir: str | Path 
     try:
         result = run_grpo(model=recipe.model, data=recipe.data.train, template=recipe.template, rewards=recipe.rewards,
                           config=recipe.grpo, out_dir=run_dir, seed=recipe.seed, dtype=recipe.dtype, device=recipe.device, resume=resume,
-                          on_step=trackers.on_step if trackers else None, distributed=recipe.distributed)
+                          on_step=trackers.on_step if trackers else None, precision=recipe.precision, distributed=recipe.distributed)
     finally:
         if trackers:
             trackers.finish()

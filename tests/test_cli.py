@@ -48,6 +48,9 @@ def test_grpo_train_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert (run / "final" / "config.json").exists() and (run / "curves.png").exists()
     out = capsys.readouterr().out
     assert "first 2 steps" in out and "completions/mean_length" in out
+    # the precision and why, printed at start and kept in the run directory
+    assert "precision: fp32 (weights float32, compute float32) — dtype: float32 in the recipe (no precision key)" in out
+    assert json.loads((run / "precision.json").read_text())["precision"] == "fp32"
     summary = json.loads((tmp_path / "s.json").read_text())
     assert summary["first"]["reward"] == pytest.approx(sum(m["reward"] for m in metrics[:2]) / 2)
 

@@ -435,7 +435,7 @@ def test_every_shipped_accelerate_config_maps_onto_the_trainer(monkeypatch):
     """Each file in configs/accelerate/ launches torchrun processes whose environment the trainer
     turns into its settings (ddp or fsdp, offload, resharding, FSDP's compute dtype); no file
     asks for an engine the trainer does not run."""
-    from grpo.parallel import mixed_precision_dtypes
+    from grpo.precision import Precision, requested_precision
 
     configs = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
     assert [p.name for p in configs] == ["ddp_cpu.yaml", "ddp_multi_gpu.yaml", "fsdp.yaml", "fsdp_cpu.yaml"]
@@ -446,10 +446,17 @@ def test_every_shipped_accelerate_config_maps_onto_the_trainer(monkeypatch):
         with monkeypatch.context() as mp:
             mp.setattr(os, "environ", environment)
             check_data_parallel(GRPOConfig(prompts_per_step=8), 8, DistributedSettings())  # accepted as shipped
-            resolved[config.name].dtypes = mixed_precision_dtypes()
+            resolved[config.name].precision = requested_precision(None, "float32")[0]
     assert {k: v.strategy for k, v in resolved.items()} == {"ddp_cpu.yaml": "ddp", "ddp_multi_gpu.yaml": "ddp", "fsdp.yaml": "fsdp", "fsdp_cpu.yaml": "fsdp"}
-    assert resolved["fsdp.yaml"].dtypes == (torch.bfloat16, torch.float32)
-    assert resolved["fsdp_cpu.yaml"].dtypes == resolved["ddp_cpu.yaml"].dtypes == (None, None)
+    assert resolved["fsdp.yaml"].precision == "bf16-mixed"  # mixed_precision: bf16
+    assert resolved["fsdp_cpu.yaml"].precision == resolved["ddp_cpu.yaml"].precision == "fp32"
+    policy = Precision("bf16-mixed", "").fsdp_mixed_precision()  # what FSDPEngine shards with
+    assert (policy.param_dtype, policy.reduce_dtype) == (torch.bfloat16, torch.float32)
+    assert Precision("fp32", "").fsdp_mixed_precision() is None
+    with monkeypatch.context() as mp:
+        mp.setattr(os, "environ", _accelerate_env(ROOT / "configs/accelerate/fsdp.yaml"))
+        with pytest.raises(ValueError, match="the recipe says fp32 but the accelerate config says mixed_precision bf16"):
+            requested_precision("fp32", "float32")
     assert all(s.reshard_after_forward and not s.cpu_offload for s in resolved.values())
     fsdp = _accelerate_env(ROOT / "configs/accelerate/fsdp.yaml")
     offload = DistributedSettings().from_launcher({**fsdp, "FSDP_OFFLOAD_PARAMS": "true", "FSDP_RESHARD_AFTER_FORWARD": "false"})

@@ -24,6 +24,7 @@ def test_its_recipes_load(tmp_path, dry_run):
     recipe = load_recipe(path, ["grpo.rollout_engine=hf", "distributed.strategy=fsdp"])
     assert recipe.grpo.rollout_engine == "hf" and recipe.distributed.strategy == "fsdp"
     assert recipe.device == ("cpu" if dry_run else "auto")
+    assert recipe.precision == "auto"  # grpo/precision.py decides on the machine it runs on
     assert recipe.grpo.prompts_per_step % 2 == 0  # the 2-rank run splits it
 
 

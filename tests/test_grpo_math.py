@@ -263,6 +263,15 @@ def test_gdpo_weights_groups_and_unscored_rows():
         compute_advantages(torch.zeros(4), 4, "gdpo")
 
 
+def test_gdpo_refuses_the_kl_in_the_reward():
+    from grpo.config import GRPOConfig
+
+    # gdpo rescales each reward to unit spread: a β·KL penalty in the reward would lose its β.
+    with pytest.raises(ValueError, match=r"advantage_estimator: 'gdpo' normalises each reward .* use kl_in: loss"):
+        GRPOConfig(advantage_estimator="gdpo", kl_in="reward", beta=0.04)
+    GRPOConfig(advantage_estimator="gdpo", kl_in="loss", beta=0.04)
+
+
 # --- the policy losses --------------------------------------------------------------------------
 
 def _leaf(values):
@@ -342,6 +351,33 @@ def test_entropy_bonus_is_a_per_token_term_aggregated_like_the_loss():
         policy_loss(logp, None, torch.tensor([0.0]), torch.ones(1, 2), entropy_coef=0.1)
     with pytest.raises(ValueError, match="unknown policy loss 'ppo'; registered: clip, gspo, cispo, sapo"):
         policy_loss(logp, None, torch.tensor([0.0]), torch.ones(1, 2), policy="ppo")
+
+
+@pytest.mark.parametrize("policy", ["clip", "gspo", "cispo", "sapo"])
+def test_rollout_correction_weights_are_a_separate_factor_on_each_policy_term(policy):
+    # L = Σ m·(w·P + β·KL) / Σ m (dapo): w per token scales the policy term P of every policy
+    # loss (gspo's is one value per sequence, broadcast), never the KL, and carries no gradient.
+    from grpo.loss import POLICY_LOSSES, PolicyLossSettings
+
+    g = torch.Generator().manual_seed(1)
+    old = -torch.rand(3, 4, generator=g) - 0.5
+    start = old + 0.2 * torch.randn(3, 4, generator=g)
+    ref = old + 0.3 * torch.randn(3, 4, generator=g)
+    adv = torch.tensor([1.0, -0.7, 0.4])
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0]])
+    w = torch.tensor([[0.5, 1.0, 2.0, 3.0], [1.5, 0.2, 1.0, 1.0], [0.8, 1.2, 9.0, 9.0]], requires_grad=True)
+    logp = start.clone().requires_grad_()
+    kw = dict(policy=policy, epsilon_low=0.2, epsilon_high=0.28, ref_logp=ref, beta=0.04, aggregation="dapo")
+    loss, _ = policy_loss(logp, old, adv, mask, rollout_weights=w, **kw)
+    loss.backward()
+
+    by_hand = start.clone().requires_grad_()
+    term = POLICY_LOSSES[policy](by_hand, old, adv.unsqueeze(1), mask, PolicyLossSettings(0.2, 0.28)).loss
+    expected = ((w.detach() * term + 0.04 * kl_divergence(by_hand, ref)) * mask).sum() / mask.sum()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.allclose(logp.grad, by_hand.grad, atol=1e-6)
+    assert w.grad is None  # detached: the weights are constants of the loss
 
 
 @pytest.mark.parametrize("policy", ["gspo", "cispo", "sapo"])

@@ -109,3 +109,87 @@ def test_seed_count_must_match_prompts(lively):
     model, tok = lively
     with pytest.raises(ValueError, match="seeds: expected one per prompt"):
         get_rollout_engine("shared_prefix", model, tok).generate(PROMPTS, SamplingParams(2, 4), seeds=[1])
+
+
+def test_hf_engine_samples_from_the_recipes_distribution_not_the_checkpoints(lively):
+    """A checkpoint's generation_config (repetition penalty, n-gram ban, top-k, min-p) must not reach
+    the sampler: the hf engine's log-probs equal the training forward's."""
+    model, tok = lively
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.no_repeat_ngram_size = 2
+    model.generation_config.top_k = 5
+    model.generation_config.min_p = 0.2  # one generate would take from the model for any setting left unset
+    try:
+        engine = get_rollout_engine("hf", model, tok)
+        rollout = engine.generate(PROMPTS, SamplingParams(4, 24, temperature=0.8), seeds=[1, 2, 3])
+        assert model.generation_config.repetition_penalty == 3.0  # the model's own config is put back
+    finally:
+        model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size = 1.0, 0
+        model.generation_config.top_k = model.generation_config.min_p = None
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, rollout, slice(0, 12), 0.8)
+        best = _max_logprobs(model, rollout, 0.8)
+    mask = rollout.completion_mask.bool()
+    assert (logp[mask] - rollout.sampling_logprobs[mask]).abs().max() < 2e-3
+    assert (rollout.sampling_logprobs[~mask] == 0).all()
+    # tokens min-p 0.2 would never have drawn (p < 0.2·p_max) were drawn: the checkpoint's min-p was not applied
+    assert ((logp - best)[mask] < torch.log(torch.tensor(0.2))).sum() >= 3
+    # top-k/top-p from the recipe do apply: log p under the truncated, renormalised distribution
+    truncated = engine.generate(PROMPTS, SamplingParams(2, 8, temperature=1.0, top_k=3), seeds=[4, 5, 6])
+    with torch.no_grad():
+        full, _ = completion_logprobs(model, truncated, slice(0, 6), 1.0)
+    m = truncated.completion_mask.bool()
+    assert (truncated.sampling_logprobs[m] >= full[m] - 1e-4).all() and (truncated.sampling_logprobs[m] > full[m] + 1e-3).any()
+
+
+def _max_logprobs(model, rollout, temperature):
+    """log p of the most likely token at each completion position, [N, L]."""
+    ids = torch.cat([rollout.prompt_ids, rollout.completion_ids], dim=1)
+    mask = torch.cat([rollout.prompt_mask, rollout.completion_mask], dim=1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0)).logits
+    L = rollout.completion_ids.shape[1]
+    return torch.log_softmax(logits[:, -L - 1 : -1].float() / temperature, dim=-1).max(dim=-1).values
+
+
+def test_rollouts_carry_the_samplers_logprobs_through_select_and_concat(lively):
+    from grpo.rollout import concat_rollouts
+
+    model, tok = lively
+    engine = get_rollout_engine("shared_prefix", model, tok)
+    a = engine.generate(PROMPTS[:1], SamplingParams(2, 6, temperature=1.0), seeds=[1])
+    b = engine.generate(PROMPTS[1:], SamplingParams(2, 10, temperature=1.0), seeds=[2, 3])
+    assert torch.equal(b.sampling_logprobs, engine.last_logprobs)
+    both = concat_rollouts([a, b], tok.pad_token_id)
+    assert both.sampling_logprobs.shape == both.completion_ids.shape
+    assert torch.equal(both.sampling_logprobs[:2, : a.completion_ids.shape[1]], a.sampling_logprobs)
+    assert torch.equal(both.select([3, 0]).sampling_logprobs[1], both.sampling_logprobs[0])
+
+
+def test_no_deprecated_past_key_values_argument(lively):
+    """transformers 5.24 renamed the KV-cache argument to `cache=` and removes `past_key_values=` in
+    5.40: our forwards must not pass the old name (here a forward that refuses it, as 5.40 will)."""
+    from grpo.rollout import cache_kwargs
+
+    import transformers
+    from packaging.version import Version
+
+    model, tok = lively
+    if Version(transformers.__version__) < Version("5.24"):  # (.venv-vllm pins an older one, which takes only the old name)
+        assert list(cache_kwargs(model, None)) == ["past_key_values"]
+        return
+    assert list(cache_kwargs(model, None)) == ["cache"]  # the installed transformers takes `cache=`
+    real_forward = model.forward
+
+    def refusing(*args, **kwargs):
+        if "past_key_values" in kwargs:
+            raise TypeError("forward() got an unexpected keyword argument 'past_key_values'")
+        return real_forward(*args, **kwargs)
+
+    model.forward = refusing
+    try:
+        rollout = get_rollout_engine("shared_prefix", model, tok).generate(PROMPTS, SamplingParams(4, 8, temperature=1.0), seeds=[1, 2, 3])
+        with torch.no_grad():
+            completion_logprobs(model, rollout, slice(0, 12), 1.0, group_size=4)
+    finally:
+        del model.forward

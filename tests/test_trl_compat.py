@@ -120,8 +120,7 @@ def test_each_trl_field_is_accepted_mapped_or_refused_naming_ours(capsys):
     assert "note: grpo.dataloader_num_workers: TRL setting ignored here" in notes
     assert len(refused) + mapped + same + dropped == 191
     # TRL's defaults that mean something else here are refused, never silently taken: these.
-    assert sorted(refused) == ["num_train_epochs", "per_device_train_batch_size", "seed", "use_bias_correction_kl",
-                               "vllm_importance_sampling_correction"]
+    assert sorted(refused) == ["num_train_epochs", "per_device_train_batch_size", "seed", "use_bias_correction_kl"]
 
 
 @pytest.mark.parametrize(
@@ -142,6 +141,10 @@ def test_each_trl_field_is_accepted_mapped_or_refused_naming_ours(capsys):
         ("multi_objective_aggregation", "normalize_then_sum", ("advantage_estimator", "gdpo")),
         ("sapo_temperature_neg", 2.0, ("sapo_temperature_neg", 2.0)),
         ("entropy_coef", 0.01, ("entropy_coef", 0.01)),
+        ("vllm_importance_sampling_correction", False, ("rollout_correction", "none")),
+        ("vllm_importance_sampling_mode", "token_truncate", ("rollout_correction", "tis")),
+        ("vllm_importance_sampling_mode", "sequence_mask", ("rollout_correction", "mis")),
+        ("vllm_importance_sampling_clip_max", 3.0, ("rollout_correction_cap", 3.0)),
     ],
 )
 def test_values_are_translated(key, value, expect):
@@ -158,8 +161,11 @@ def test_values_are_translated(key, value, expect):
         ({"num_generations": 4, "group_size": 4}, "grpo.num_generations: TRL's name for grpo.group_size, which is also given; keep group_size"),
         ({"report_to": "wandb"}, "grpo.report_to: TRL's setting; experiment trackers are the recipe's top-level report_to"),
         ({"loss_type": "cispo", "importance_sampling_level": "sequence"},
-         "grpo.importance_sampling_level: sets grpo.policy_loss: 'gspo', which another TRL key set to 'cispo'; keep one"),
-        ({"vllm_importance_sampling_correction": True}, "grpo.vllm_importance_sampling_correction: TRL's setting"),
+         "grpo.importance_sampling_level: sets grpo.policy_loss to 'gspo', another of TRL's keys set it to 'cispo'"),
+        ({"vllm_importance_sampling_mode": "token_mask"}, "grpo.vllm_importance_sampling_mode: 'token_mask': not available here; grpo.rollout_correction takes tis"),
+        ({"vllm_importance_sampling_correction": False, "vllm_importance_sampling_mode": "token_truncate"},
+         "grpo.vllm_importance_sampling_mode: sets grpo.rollout_correction to 'tis', another of TRL's keys set it to 'none'"),
+        ({"bf16": True}, "grpo.bf16: TRL's setting; the numerics are the recipe's top-level precision"),
     ],
 )
 def test_what_we_do_not_have_is_refused_naming_ours(section, message):

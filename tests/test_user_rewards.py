@@ -454,9 +454,8 @@ def test_9_summary_of_one_step_says_first_step():
 
 
 def test_9_a_normal_run_shows_no_deprecation_warnings(tiny_model_dir, tmp_path, elsewhere, capsys):
-    # transformers' `past_key_values` FutureWarning (every run until now) is left out here: issue
-    # 10 moves the trainer to transformers' cache API, which removes it. Anything else fails
-    # (peft's use of a property transformers deprecated, in LoRA runs, did).
+    # Any deprecation fails: transformers' `past_key_values` FutureWarning (gone since the trainer
+    # uses the cache API) and peft's use of a property transformers deprecated (in LoRA runs) did.
     recipe = recipe_dict(tiny_model_dir, tmp_path / "run")
     recipe["grpo"]["lora"] = {"r": 2, "alpha": 4, "target_modules": ["q_proj", "v_proj"]}
     recipe = write_recipe(tmp_path / "r.yaml", recipe)
@@ -464,8 +463,7 @@ def test_9_a_normal_run_shows_no_deprecation_warnings(tiny_model_dir, tmp_path, 
         warnings.simplefilter("always")
         code, out, err = run_cli(["train", str(recipe)], capsys)
     assert code == 0, err
-    deprecations = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))
-                    and "past_key_values" not in str(w.message)]
+    deprecations = [f"{w.category.__name__}: {w.message}" for w in caught if issubclass(w.category, (DeprecationWarning, FutureWarning))]
     assert not deprecations, deprecations
 
 

@@ -108,7 +108,8 @@ class DistillStage(Stage):
 
             callbacks.append(trainer_callback(ctx.tracker))
         train_sft(ctx.init_model, rows, template_of(cfg.template, recipe.template), settings, ctx.work_dir,
-                  seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, distributed=recipe.distributed)
+                  seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, precision=recipe.precision,
+                  distributed=recipe.distributed)
         if not ctx.is_main:
             return StageResult()
         losses = [r["loss"] for r in read_jsonl(ctx.work_dir / "metrics.jsonl") if isinstance(r.get("loss"), (int, float))]
@@ -128,7 +129,7 @@ class DistillStage(Stage):
             model=ctx.init_model, data=data_spec(cfg.data, recipe.data.train, ctx.data_path, f"stages.{ctx.name}.data"),
             template=template_of(cfg.template, recipe.template), rewards=cfg.rewards or recipe.rewards, config=grpo_cfg,
             out_dir=ctx.work_dir, seed=ctx.seed, dtype=recipe.dtype, device=recipe.device, resume=ctx.resume,
-            on_step=ctx.tracker.on_step if ctx.tracker else None,
+            on_step=ctx.tracker.on_step if ctx.tracker else None, precision=recipe.precision,
             teacher={"model": ctx.inputs["teacher"], "kl_weight": cfg.kl_weight, "reward_weight": cfg.reward_weight, "baseline": cfg.kl_baseline},
             distributed=recipe.distributed,
         )

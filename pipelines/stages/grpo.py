@@ -53,6 +53,7 @@ class GRPOStage(Stage):
             dtype=recipe.dtype,
             device=recipe.device,
             resume=ctx.resume,
+            precision=recipe.precision,
             on_step=ctx.tracker.on_step if ctx.tracker else None,
             distributed=recipe.distributed,
         )

@@ -53,7 +53,8 @@ class SFTStage(Stage):
             callbacks.append(trainer_callback(ctx.tracker))
         train_sft(
             ctx.init_model, rows, template_of(cfg.template, recipe.template), settings, ctx.work_dir,
-            seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, distributed=recipe.distributed,
+            seed=ctx.seed, resume=ctx.resume, dtype=recipe.dtype, callbacks=callbacks, precision=recipe.precision,
+            distributed=recipe.distributed,
         )
         if not ctx.is_main:
             return StageResult()
