@@ -170,7 +170,7 @@ def test_4_trl_names_are_read_as_ours_or_refused_naming_ours(tmp_path, capsys):
     assert "note: grpo.loss_type is TRL's name: read as grpo.loss_aggregation: 'dr_grpo'" in notes
     for key, value, ours in [
         ("per_device_train_batch_size", 8, "grpo.prompts_per_step"),
-        ("bf16", True, "dtype: bfloat16"),
+        ("bf16", True, "write precision: bf16-mixed"),
         ("loss_type", "cispo", "grpo.loss_aggregation takes grpo, bnpo, dr_grpo or dapo"),
         ("seed", 42, "top-level seed"),
     ]:
