@@ -42,11 +42,15 @@ class GRPOConfig:
     share_prompt: bool = True  # loss forwards run each prompt once per group (its KV cache shared by the G rows)
 
     # --- the objective ----------------------------------------------------------------------
-    advantage_estimator: str = "grpo"  # grpo | dr_grpo | batch_std (grpo/advantages.py)
+    advantage_estimator: str = "grpo"  # grpo | dr_grpo | batch_std | rloo | reinforce_pp | gdpo (grpo/advantages.py)
     reward_std_eps: float = 1e-4  # ε in (r − mean) / (std + ε)
+    policy_loss: str = "clip"  # clip | gspo | cispo | sapo: the per-token policy term (grpo/loss.py)
     loss_aggregation: str = "grpo"  # grpo | bnpo | dapo | dr_grpo (grpo/loss.py; TRL: loss_type)
     epsilon_low: float = 0.2  # clip range below 1 for the importance ratio
-    epsilon_high: float | None = None  # clip range above 1 (DAPO's clip-higher); None = epsilon_low
+    epsilon_high: float | None = None  # clip range above 1 (DAPO's clip-higher: 0.28); None = epsilon_low; cispo: weights ≤ 1 + epsilon_high
+    sapo_temperature_pos: float = 1.0  # sapo: gate temperature τ for positive advantages
+    sapo_temperature_neg: float = 1.05  # sapo: τ for the others (larger: off-policy tokens fade faster)
+    entropy_coef: float = 0.0  # entropy bonus: −entropy_coef·H per token in the loss (0: off)
     num_iterations: int = 1  # μ: optimisation passes over each batch of rollouts
     beta: float = 0.04  # KL coefficient; 0 loads no reference model
     kl_estimator: Literal["k1", "k2", "k3"] = "k3"  # in the loss: k3 (gradient of KL(π_ref‖π_θ)) or k2 (of KL(π_θ‖π_ref)); grpo/loss.py
@@ -103,6 +107,9 @@ class GRPOConfig:
             raise ValueError(f"beta: must be ≥ 0, got {self.beta}")
         if self.epsilon_high is None:
             self.epsilon_high = self.epsilon_low
+        for name in ("sapo_temperature_pos", "sapo_temperature_neg"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.kl_estimator == "k1" and self.kl_in == "loss" and self.beta > 0:
             raise ValueError(
                 "kl_estimator: 'k1' in the loss has zero expected gradient (its gradient is the score function ∇logπ_θ, "
@@ -114,12 +121,20 @@ class GRPOConfig:
             raise ValueError(f"logits_chunk_mib: must be > 0, got {self.logits_chunk_mib}")
         # Registries live in their modules; checked here so a typo fails at load, not at step 1.
         from grpo.advantages import ADVANTAGE_ESTIMATORS
-        from grpo.loss import AGGREGATIONS
+        from grpo.loss import AGGREGATIONS, POLICY_LOSSES
 
-        for name, registry in (("advantage_estimator", ADVANTAGE_ESTIMATORS), ("loss_aggregation", AGGREGATIONS)):
+        registries = (("advantage_estimator", ADVANTAGE_ESTIMATORS), ("policy_loss", POLICY_LOSSES), ("loss_aggregation", AGGREGATIONS))
+        for name, registry in registries:
             value = getattr(self, name)
             if value not in registry:
                 raise ValueError(f"{name}: expected one of {', '.join(map(repr, registry))}, got {value!r}")
+        from grpo.advantages import PER_REWARD_ESTIMATORS
+
+        if self.advantage_estimator in PER_REWARD_ESTIMATORS and self.kl_in == "reward" and self.beta > 0:
+            raise ValueError(
+                f"advantage_estimator: {self.advantage_estimator!r} normalises each reward function on its own scale, which "
+                "would rescale kl_in: reward's β·KL penalty away; use kl_in: loss with it"
+            )
 
     @classmethod
     def prepare_dict(cls, data: dict, path: str) -> dict:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from grpo.advantages import compute_advantages, zero_std_groups
+from grpo.advantages import PER_REWARD_ESTIMATORS, compute_advantages, zero_std_groups
 from grpo.config import GRPOConfig
 from grpo.distill import check_same_vocabulary, reverse_kl, reverse_kl_advantages
 from grpo.distributed import DataParallel
@@ -98,9 +98,12 @@ class PromptSampler:
 
 def completion_logprobs(
     model, batch: Rollout, rows: slice, temperature: float, with_entropy: bool = False, group_size: int = 1,
+    entropy_grad: bool = False,
     chunk_mib: float = 512.0,
 ):
     """log π(token | prefix) of each completion token, [n, L] (and the mean-free entropy [n, L]).
+
+    The entropy is detached unless ``entropy_grad`` (the entropy bonus needs its gradient).
 
     Logits are divided by the sampling temperature so the probabilities are those the tokens were
     sampled from. Positions follow the attention mask, as in ``generate`` with left padding.
@@ -153,10 +156,14 @@ def completion_logprobs(
     vocab = getattr(head, "out_features", None) or model.config.vocab_size
     chunk_tokens = max(1, int(chunk_mib * 2**20 // (4 * vocab)))
     with head_gathered(model, head):  # FSDP: a frozen model's head shards gathered again after its forward
-        return token_logprobs(head_forward, hidden, completion_ids, completion_mask.bool(), temperature, with_entropy, chunk_tokens)
+        return token_logprobs(
+            head_forward, hidden, completion_ids, completion_mask.bool(), temperature, with_entropy, chunk_tokens, entropy_grad
+        )
 
 
-def token_logprobs(head_forward, hidden, token_ids, mask, temperature: float, with_entropy: bool, chunk_tokens: int):
+def token_logprobs(
+    head_forward, hidden, token_ids, mask, temperature: float, with_entropy: bool, chunk_tokens: int, entropy_grad: bool = False
+):
     """log p of ``token_ids`` [n, L] given final hidden states ``hidden`` [n, L, H], and the entropy.
 
     Only the positions where ``mask`` is true are projected, ``chunk_tokens`` positions at a time:
@@ -165,6 +172,7 @@ def token_logprobs(head_forward, hidden, token_ids, mask, temperature: float, wi
 
     With a gradient and more than one chunk, each chunk's logits are recomputed in the backward
     pass (activation checkpointing of the head), so at most one chunk of logits is alive at once.
+    The entropy is detached unless ``entropy_grad``.
     """
     picked = mask.nonzero(as_tuple=True)
     h, ids = hidden[picked], token_ids[picked]
@@ -175,27 +183,27 @@ def token_logprobs(head_forward, hidden, token_ids, mask, temperature: float, wi
         if recompute:
             from torch.utils.checkpoint import checkpoint
 
-            lp, ent = checkpoint(_chunk_logprobs, head_forward, h[a:b], ids[a:b], temperature, with_entropy, use_reentrant=False)
+            lp, ent = checkpoint(_chunk_logprobs, head_forward, h[a:b], ids[a:b], temperature, with_entropy, entropy_grad, use_reentrant=False)
         else:
-            lp, ent = _chunk_logprobs(head_forward, h[a:b], ids[a:b], temperature, with_entropy)
+            lp, ent = _chunk_logprobs(head_forward, h[a:b], ids[a:b], temperature, with_entropy, entropy_grad)
         logps.append(lp)
         entropies.append(ent)
     logp = hidden.new_zeros(token_ids.shape, dtype=torch.float32)
     logp = logp.index_put(picked, torch.cat(logps) if logps else logp.new_zeros(0))
     if not with_entropy:
         return logp, None
-    entropy = torch.zeros(token_ids.shape, dtype=torch.float32, device=hidden.device)
-    entropy[picked] = torch.cat(entropies) if entropies else entropy.new_zeros(0)
+    entropy = hidden.new_zeros(token_ids.shape, dtype=torch.float32)
+    entropy = entropy.index_put(picked, torch.cat(entropies) if entropies else entropy.new_zeros(0))
     return logp, entropy
 
 
-def _chunk_logprobs(head_forward, h, ids, temperature: float, with_entropy: bool):
+def _chunk_logprobs(head_forward, h, ids, temperature: float, with_entropy: bool, entropy_grad: bool = False):
     logits = head_forward(h).float() / temperature
     log_norm = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, ids.unsqueeze(-1)).squeeze(-1) - log_norm
     entropy = None
     if with_entropy:
-        with torch.no_grad():
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):  # the entropy bonus needs its gradient
             entropy = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logp, entropy
 
@@ -455,13 +463,20 @@ class GRPOTrainer:
             advantage_rewards = rewards - torch.tensor(self.dist.gather(penalty.cpu().tolist()), dtype=torch.float32)
             m = rollout.completion_mask.float()
             kls.append((float(((old_logp - ref_logp) * m).sum() / m.sum().clamp(min=1)), int(m.sum())))
-        advantages, adv_stats = compute_advantages(advantage_rewards, G, cfg.advantage_estimator, cfg.reward_std_eps)
+        per_reward = weights = None
+        if cfg.advantage_estimator in PER_REWARD_ESTIMATORS:  # e.g. gdpo: each reward normalised on its own
+            per_reward = torch.tensor([batch_scores.per_reward[t.name] for t in self.rewards], dtype=torch.float32).T
+            weights = torch.tensor([t.weight for t in self.rewards], dtype=torch.float32)
+        advantages, adv_stats = compute_advantages(
+            advantage_rewards, G, cfg.advantage_estimator, cfg.reward_std_eps, per_reward, weights
+        )
         advantages = self.dist.local(advantages).to(self.device)
 
         # 6. μ optimisation passes over this batch of rollouts.
         self.model.train()
         losses, clip = [], {"low": [], "high": [], "region": []}
         entropies, grad_norms, distill_kl = [], [], []
+        entropy_bonus = cfg.entropy_coef != 0.0  # then every micro-batch needs the entropy, with its graph
         agreement: dict = {"weights": {}, "kl": [], "max_abs": [], "stats": []}  # sampler vs trainer, per micro-batch
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
@@ -469,7 +484,9 @@ class GRPOTrainer:
             for k, c in enumerate(chunks):
                 self.parallel.sync_gradients(k == len(chunks) - 1)  # DDP: gradients summed in the last backward only
                 with self.precision.autocast(self.device):  # bf16-mixed: bf16 matmuls; log-softmax and loss in float32
-                    logp, entropy = self.parallel.forward(self._logprobs, rollout, c, shared, with_entropy=not entropies)
+                    logp, entropy = self.parallel.forward(
+                        self._logprobs, rollout, c, shared, with_entropy=entropy_bonus or not entropies, entropy_grad=entropy_bonus
+                    )
                 if k not in agreement["weights"]:  # π_old is fixed for the μ passes: weights once per micro-batch
                     agreement["weights"][k] = self._sampler_agreement(rollout, c, logp if old_logp is None else old_logp[c], agreement)
                 chunk_advantages = advantages[c]
@@ -486,11 +503,16 @@ class GRPOTrainer:
                     None if old_logp is None or cfg.num_iterations == 1 else old_logp[c],
                     chunk_advantages,
                     loss_mask[c],
+                    policy=cfg.policy_loss,
                     epsilon_low=cfg.epsilon_low,
                     epsilon_high=cfg.epsilon_high,
+                    sapo_temperature_pos=cfg.sapo_temperature_pos,
+                    sapo_temperature_neg=cfg.sapo_temperature_neg,
                     ref_logp=None if ref_logp is None or kl_in_reward else ref_logp[c],
                     beta=0.0 if kl_in_reward else cfg.beta,
                     kl_estimator=cfg.kl_estimator,
+                    entropy=entropy,
+                    entropy_coef=cfg.entropy_coef,
                     aggregation=cfg.loss_aggregation,
                     batch=shape,
                     rollout_weights=agreement["weights"][k],
@@ -501,9 +523,9 @@ class GRPOTrainer:
                     kls.append((stats.kl, stats.num_tokens))
                 for key in clip:
                     clip[key].append((getattr(stats, f"clip_{key}"), stats.num_tokens))
-                if entropy is not None:
+                if entropy is not None and not entropies:  # logged from the first micro-batch
                     m = rollout.completion_mask[c].float()
-                    entropies.append((((entropy * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
+                    entropies.append((((entropy.detach() * m).sum() / m.sum().clamp(min=1)).item(), int(m.sum())))
             # The gradients are the whole batch's already: the engine summed the ranks' shares in the backward.
             params = [p for p in self.model.parameters() if p.requires_grad]
             pass_loss = self.dist.sum(pass_loss)  # whole batch
@@ -672,9 +694,9 @@ class GRPOTrainer:
         }
         return merged, [r for _, rows, _ in picked for r in rows], Scores.concat([s for _, _, s in picked]), stats
 
-    def _logprobs(self, model, rollout: Rollout, rows: slice, group_size: int, with_entropy: bool = False):
+    def _logprobs(self, model, rollout: Rollout, rows: slice, group_size: int, with_entropy: bool = False, entropy_grad: bool = False):
         return completion_logprobs(model, rollout, rows, self.config.temperature, with_entropy=with_entropy,
-                                   group_size=group_size, chunk_mib=self.config.logits_chunk_mib)
+                                   group_size=group_size, chunk_mib=self.config.logits_chunk_mib, entropy_grad=entropy_grad)
 
     def _reference_logprobs(self, rollout: Rollout, rows: slice, group_size: int) -> torch.Tensor:
         if self.ref_model is not None:

@@ -7,7 +7,7 @@ inherits) has one entry in :data:`TRL_KEYS`, of one of these kinds:
 * ``same``: our key has this name and meaning (``beta``, ``temperature``, ``num_iterations``...).
   A ``convert`` adapts TRL-typed values (``log_completions: true`` → a count).
 * ``alias``: read as our key ``ours``, with a note (``num_generations`` → ``group_size``);
-  ``convert`` maps values and refuses those we do not have (``loss_type: cispo``), or returns
+  ``convert`` maps values and refuses those we do not have (``loss_type: luspo``), or returns
   :class:`Targets` to set other or several keys of ours for some values.
 * ``refuse``: an error that names our key (``bf16`` → ``precision``, ``per_device_train_batch_size``
   → ``prompts_per_step``).
@@ -98,7 +98,7 @@ _ADAMW = "the optimiser is AdamW (torch), set by grpo.learning_rate, adam_beta1,
 _SAMPLING = "sampling is set by grpo.temperature, top_p, top_k and max_new_tokens"
 _ROLLOUT = "completions are sampled by grpo.rollout_engine (shared_prefix, hf or vllm)"
 _VLLM = "grpo.rollout_engine: vllm runs vLLM in the trainer's process (colocated)"
-_POLICY_LOSS = "the policy loss is GRPO's clipped ratio per token, aggregated by grpo.loss_aggregation (grpo, bnpo, dr_grpo, dapo)"
+_POLICY_LOSS = "the policy loss is grpo.policy_loss (clip, gspo, cispo, sapo), aggregated by grpo.loss_aggregation (grpo, bnpo, dr_grpo, dapo)"
 _NO_KERNELS = "no compiled or fused kernels are set from the recipe; the speed-ups are grpo.rollout_engine's (shared_prefix, vllm)"
 _PRECISION = (
     "the numerics are the recipe's top-level precision (auto, fp32, bf16-mixed: float32 master weights with bf16 compute "
@@ -110,8 +110,13 @@ _STEP_BATCH = (
     "and trains on it grpo.num_iterations times"
 )
 _LOSS_TYPES = choose(
-    {"grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr_grpo", "dapo": "dapo"},
-    "not available here; grpo.loss_aggregation takes grpo, bnpo, dr_grpo or dapo (the policy loss is GRPO's clipped ratio)",
+    {
+        "grpo": "grpo", "bnpo": "bnpo", "dr_grpo": "dr_grpo", "dapo": "dapo",
+        # TRL's cispo and sapo are policy losses with TRL's aggregation for each (token mean, sequence mean)
+        "cispo": Targets({"policy_loss": "cispo", "loss_aggregation": "dapo"}),
+        "sapo": Targets({"policy_loss": "sapo", "loss_aggregation": "grpo"}),
+    },
+    "not available here; grpo.loss_aggregation takes grpo, bnpo, dr_grpo or dapo, grpo.policy_loss clip, gspo, cispo or sapo",
 )
 _SCHEDULERS = choose(
     {"constant": "constant", "constant_with_warmup": "constant", "linear": "linear", "cosine": "cosine"},
@@ -181,18 +186,24 @@ TRL_KEYS: dict[str, TrlKey] = {
     "epsilon": alias("grpo.epsilon_low"),
     "delta": refuse("grpo.epsilon_high", "two-sided clipping (INTELLECT-2's delta) is not available; grpo.epsilon_high is the upper clip of the ratio", None),
     "epsilon_high": same(),
-    "sapo_temperature_neg": refuse("grpo.loss_aggregation", _POLICY_LOSS + "; SAPO is not available", 1.05),
-    "sapo_temperature_pos": refuse("grpo.loss_aggregation", _POLICY_LOSS + "; SAPO is not available", 1.0),
-    "vespo_k_pos": refuse("grpo.loss_aggregation", _POLICY_LOSS + "; VESPO is not available", 2.0),
-    "vespo_lambda_pos": refuse("grpo.loss_aggregation", _POLICY_LOSS + "; VESPO is not available", 3.0),
-    "vespo_k_neg": refuse("grpo.loss_aggregation", _POLICY_LOSS + "; VESPO is not available", 3.0),
-    "vespo_lambda_neg": refuse("grpo.loss_aggregation", _POLICY_LOSS + "; VESPO is not available", 2.0),
-    "importance_sampling_level": refuse("grpo.loss_aggregation", _POLICY_LOSS + "; sequence-level ratios (GSPO) are not available", "token"),
+    "sapo_temperature_neg": same(),
+    "sapo_temperature_pos": same(),
+    "vespo_k_pos": refuse("grpo.policy_loss", _POLICY_LOSS + "; VESPO is not available", 2.0),
+    "vespo_lambda_pos": refuse("grpo.policy_loss", _POLICY_LOSS + "; VESPO is not available", 3.0),
+    "vespo_k_neg": refuse("grpo.policy_loss", _POLICY_LOSS + "; VESPO is not available", 3.0),
+    "vespo_lambda_neg": refuse("grpo.policy_loss", _POLICY_LOSS + "; VESPO is not available", 2.0),
+    "importance_sampling_level": TrlKey(
+        "alias", "grpo.policy_loss", "GSPO's sequence ratio and clip", choose(
+            {"sequence": Targets({"policy_loss": "gspo"})}, "grpo.policy_loss takes clip (token ratios), gspo (sequence ratios), cispo or sapo"
+        ), ("token",),
+    ),
     # A list of weights, one per reward in order: applied to the recipe's rewards by the recipe
     # loader (pipelines/recipe.py); what reaches GRPOConfig has nowhere to go.
     "reward_weights": refuse("rewards", "give each reward its weight in rewards: (accuracy: 1.0, format: 0.5)", None),
-    "multi_objective_aggregation": refuse(
-        "grpo.advantage_estimator", "grpo.advantage_estimator normalises the weighted sum of the rewards (TRL's sum_then_normalize)", "sum_then_normalize"
+    "multi_objective_aggregation": TrlKey(
+        "alias", "grpo.advantage_estimator", "GDPO: each reward normalised in its group, then weighted and summed", choose(
+            {"normalize_then_sum": Targets({"advantage_estimator": "gdpo"})}, "grpo.advantage_estimator: gdpo is normalize_then_sum; the others sum first"
+        ), ("sum_then_normalize",),
     ),
     "scale_rewards": alias("grpo.advantage_estimator", _SCALE_REWARDS),
     "loss_type": alias("grpo.loss_aggregation", _LOSS_TYPES, why="the default differs: grpo here, dapo in TRL"),
@@ -201,12 +212,14 @@ TRL_KEYS: dict[str, TrlKey] = {
     "ref_model_mixup_alpha": ignore("grpo.beta", "used only with sync_ref_model, which is not available"),
     "ref_model_sync_steps": ignore("grpo.beta", "used only with sync_ref_model, which is not available"),
     "top_entropy_quantile": refuse("grpo.loss_aggregation", _POLICY_LOSS + " over every completion token (no entropy mask)", 1.0),
-    "entropy_coef": refuse("grpo.beta", "the loss has no entropy bonus; grpo.beta is its only regulariser (the KL term)", 0.0),
-    "use_adaptive_entropy": refuse("grpo.beta", "the loss has no entropy bonus; grpo.beta is its only regulariser (the KL term)", False),
-    "entropy_coef_min": ignore("grpo.beta", "used only with use_adaptive_entropy, which is not available"),
-    "entropy_coef_max": ignore("grpo.beta", "used only with use_adaptive_entropy, which is not available"),
-    "entropy_coef_delta": ignore("grpo.beta", "used only with use_adaptive_entropy, which is not available"),
-    "entropy_target": ignore("grpo.beta", "used only with use_adaptive_entropy, which is not available"),
+    # Ours is aggregated like the rest of the loss (grpo.loss_aggregation); TRL's is the token mean
+    # whatever its loss_type: the same under dapo.
+    "entropy_coef": same(),
+    "use_adaptive_entropy": refuse("grpo.entropy_coef", "adaptive entropy control is not available; grpo.entropy_coef is a constant bonus", False),
+    "entropy_coef_min": ignore("grpo.entropy_coef", "used only with use_adaptive_entropy, which is not available"),
+    "entropy_coef_max": ignore("grpo.entropy_coef", "used only with use_adaptive_entropy, which is not available"),
+    "entropy_coef_delta": ignore("grpo.entropy_coef", "used only with use_adaptive_entropy, which is not available"),
+    "entropy_target": ignore("grpo.entropy_coef", "used only with use_adaptive_entropy, which is not available"),
     "max_tool_calling_iterations": refuse(None, "tool calling (agent training) is not supported", None),
     # TRL corrects vLLM's samples only; grpo.rollout_correction corrects whatever sampler differs
     # from the trainer (vLLM, bf16 rollouts, top-p/top-k), so true is its default, auto.
@@ -427,6 +440,10 @@ def translate_trl_keys(section: dict, path: str) -> dict:
         extra = f"; {entry.why}" if entry.why else ""
         read = ", ".join(f"{here}{t}: {v!r}" for t, v in targets.items())
         note(f"{where} is TRL's name: read as {read}{extra}")
+    if _same_value(section.get("loss_type"), "cispo") and isinstance(out.get("epsilon_high"), (int, float)):
+        # TRL's cispo bounds its weights at epsilon_high itself (ε_max); ours at 1 + epsilon_high.
+        out["epsilon_high"] = section["epsilon_high"] - 1
+        note(f"{here}epsilon_high: TRL's bound of cispo's weights; read as {here}epsilon_high: {out['epsilon_high']!r} (the bound is 1 + epsilon_high here)")
     return out
 
 

@@ -14,8 +14,9 @@ Every (arm, seed) is a complete staged run in ``<output_dir>/<arm>/seed-<s>/`` (
 finished runs and resume interrupted ones). Each arm must end with an ``eval`` stage; all arms
 should evaluate the same held-out data. The result is ``ablation.md`` (per arm, mean ± std over
 seeds of pass@1, maj@k, format rate, language consistency, length of correct and wrong answers,
-wall time), ``ablation.json`` and ``ablation.png`` (reward, language consistency and length over
-RL steps: one line per arm, the seeds' range shaded).
+the policy's entropy and KL to the reference over the last RL steps, wall time),
+``ablation.json`` and ``ablation.png`` (reward, accuracy, format, language consistency, length,
+entropy and KL over RL steps: one line per arm, the seeds' range shaded).
 """
 
 from __future__ import annotations
@@ -46,13 +47,20 @@ TABLE_METRICS = [
     ("single-language rate", "language_consistency_rate"),
     ("length (correct)", "mean_length_correct"),
     ("length (wrong)", "mean_length_wrong"),
+    ("entropy (RL end)", "rl_entropy"),
+    ("KL (RL end)", "rl_kl"),
 ]
+#: The training figures of the table: their mean over the last RL_END_STEPS steps of the last RL stage.
+RL_END_STEPS = 5
+RL_END_METRICS = {"rl_entropy": "entropy", "rl_kl": "kl"}
 CURVES = [
     ("reward (each arm's own mix)", "reward"),
     ("accuracy", "rewards/accuracy/mean"),
     ("format", "rewards/format/mean"),
     ("language consistency", "rewards/language_consistency/mean"),
     ("completion length (tokens)", "completions/mean_length"),
+    ("entropy", "entropy"),
+    ("KL to reference", "kl"),
 ]
 
 
@@ -201,6 +209,10 @@ def _last_eval(run_dir: Path) -> dict:
         raise RuntimeError(f"{run_dir}: no completed eval stage")
     summary = json.loads((run_dir / evals[-1]["name"] / "eval.json").read_text())
     summary["wall_time_s"] = sum(s.get("wall_time_s") or 0 for s in manifest["stages"])
+    rl = [s for s in manifest["stages"] if s["kind"] == "grpo" and s.get("status") == "complete"]
+    last = read_jsonl(run_dir / rl[-1]["name"] / "metrics.jsonl")[-RL_END_STEPS:] if rl else []
+    for key, metric in RL_END_METRICS.items():
+        summary[key] = mean_std([r.get(metric) for r in last])[0]
     return summary
 
 
@@ -223,14 +235,35 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return mean, std
 
 
+def _stage_evals(run_dir: Path) -> dict[str, dict]:
+    """The run's eval_after results: model (base or stage) -> eval.json, in pipeline order."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    out = {}
+    for entry in manifest.get("evaluations", []):
+        path = run_dir / entry["dir"] / "eval.json"
+        if entry.get("status") == "complete" and path.exists():
+            out[entry["target"]] = json.loads(path.read_text())
+    return out
+
+
 def summarize_arms(runs: list[ArmRun]) -> dict[str, dict]:
-    """Per arm: each table metric's mean and std over seeds, and the per-seed values."""
+    """Per arm: each table metric's mean and std over seeds, and the per-seed values; under
+    ``after_stage``, the same for the eval_after figures of each model of the pipeline."""
+    from pipelines.report import STAGE_EVAL_COLUMNS
+
     arms: dict[str, dict] = {}
+    stage_evals: dict[str, dict[int, dict]] = {}
     for run in runs:
         arms.setdefault(run.arm, {"seeds": {}})["seeds"][run.seed] = _last_eval(run.run_dir)
+        stage_evals.setdefault(run.arm, {})[run.seed] = _stage_evals(run.run_dir)
     for arm, info in arms.items():
         for _, key in TABLE_METRICS + [("wall time", "wall_time_s")]:
             info[key] = mean_std([s.get(key) for s in info["seeds"].values()])
+        targets = list(dict.fromkeys(t for per_seed in stage_evals[arm].values() for t in per_seed))
+        info["after_stage"] = {
+            t: {key: mean_std([per_seed.get(t, {}).get(key) for per_seed in stage_evals[arm].values()]) for _, key in STAGE_EVAL_COLUMNS}
+            for t in targets
+        }
     return arms
 
 
@@ -244,16 +277,37 @@ def _cell(pair, digits=3) -> str:
 def write_ablation(ablation: AblationRecipe, runs: list[ArmRun], out: Path) -> Path:
     arms = summarize_arms(runs)
     seeds = ", ".join(map(str, ablation.seeds))
-    lines = [f"# Ablation: {ablation.name}", "", f"Arms × seeds ({seeds}); mean ± std over seeds on the same held-out evaluation.", ""]
+    lines = [
+        f"# Ablation: {ablation.name}", "",
+        f"Arms × seeds ({seeds}); mean ± std over seeds on the same held-out evaluation. Entropy and KL: the "
+        f"policy's mean per-token entropy and KL to the reference over the last {RL_END_STEPS} steps of the last RL stage.", "",
+    ]
     header = ["arm"] + [label for label, _ in TABLE_METRICS] + ["wall time (s)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for arm, info in arms.items():
-        cells = [_cell(info[key], 1 if key.startswith("mean_length") else 3) for _, key in TABLE_METRICS]
+        cells = [_cell(info[key], 1 if key.startswith("mean_length") else 4 if key == "rl_kl" else 3) for _, key in TABLE_METRICS]
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {_cell(info['wall_time_s'], 0)} |")
     lines += ["", "![curves](ablation.png)", ""]
+    lines += _after_stage_table(arms)
     plot_ablation(runs, out / "ablation.png", ablation.curve_stages)
     atomic_write_json(out / "ablation.json", {arm: {k: v for k, v in info.items()} for arm, info in arms.items()})
     return atomic_write_text(out / "ablation.md", "\n".join(lines))
+
+
+def _after_stage_table(arms: dict[str, dict]) -> list[str]:
+    """The eval set after every stage of each arm (eval_after), mean ± std over seeds: what each
+    stage changed, and its seed-to-seed noise."""
+    from pipelines.report import STAGE_EVAL_COLUMNS
+
+    if not any(info["after_stage"] for info in arms.values()):
+        return []
+    lines = ["## After every stage", "", "| arm | model after | " + " | ".join(label for label, _ in STAGE_EVAL_COLUMNS) + " |"]
+    lines.append("|---|---|" + "---|" * len(STAGE_EVAL_COLUMNS))
+    for arm, info in arms.items():
+        for target, figures in info["after_stage"].items():
+            cells = [_cell(figures[key], 1 if key.startswith("mean_length") else 3) for _, key in STAGE_EVAL_COLUMNS]
+            lines.append(f"| {arm} | {target} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def plot_ablation(runs: list[ArmRun], path: Path, stages: list[str] | None = None) -> Path:
@@ -265,8 +319,12 @@ def plot_ablation(runs: list[ArmRun], path: Path, stages: list[str] | None = Non
     from grpo.plots import save_figure, smooth
 
     arms = list(dict.fromkeys(r.arm for r in runs))
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4.2 * len(CURVES), 3.8))
-    for ax, (title, key) in zip(axes, CURVES):
+    cols = 4
+    rows = math.ceil(len(CURVES) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows))
+    for ax in axes.flat[len(CURVES):]:
+        ax.axis("off")
+    for ax, (title, key) in zip(axes.flat, CURVES):
         for arm in arms:
             curves = [_rl_curve(r.run_dir, key, stages) for r in runs if r.arm == arm]
             curves = [[v for v in c if v is not None] for c in curves]

@@ -58,6 +58,10 @@ class Recipe:
     # `grpo run`: the stages, in order; each has name, kind, init and its kind's keys
     # (pipelines/stages/). Validated by pipelines.runner.plan_stages.
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # `grpo run`: evaluate the model after these stages (`base`: the recipe's model) on the eval
+    # set, with the settings of the recipe's last eval stage; report.md opens with the table.
+    # null (default): the base and every stage that produces a model, when there is an eval set.
+    eval_after: list[str] | None = None
     # Experiment trackers (TRL's name): tensorboard, trackio, wandb, mlflow (grpo/tracking.py);
     # a stage may set its own report_to. Offline by default; settings in `tracking:`.
     report_to: list[str] = field(default_factory=list)

@@ -7,6 +7,7 @@ stage's config validated and hashed), then runs the stages in order:
       recipe.resolved.yaml   manifest.json   report.md   curves.png
       <stage>/               a completed stage (stage.json holds its config hash and outputs)
       .<stage>.partial/      a stage in progress; renamed to <stage>/ only when it completes
+      evals/<stage>/         the eval set's figures for the model after that stage (and base/)
       superseded/            completed stages whose configuration changed since (kept, not deleted)
 
 A completed stage whose configuration hash is unchanged is skipped. The hash covers the stage's
@@ -14,6 +15,12 @@ own keys, the recipe defaults it uses, the seed, and the hashes of the stages it
 changing an early stage reruns everything downstream of it. Settings left at their dataclass
 defaults are not hashed, so an upgrade that adds a setting keeps completed stages. An interrupted stage of a resumable
 kind (sft, grpo) continues from its last checkpoint; the others start over.
+
+What each stage did, measured (``eval_after:``): the base model and the model after every stage
+that produces one are evaluated on the eval set, with the settings of the recipe's last eval
+stage, by that stage kind's own code (an eval stage the recipe already has for a model is not
+repeated). Each evaluation is hashed like a stage (its settings + the evaluated stage's hash),
+so reruns skip it, and report.md opens with the table and ``evals.png``.
 
 With several processes (``grpo run --num-processes N``, torchrun underneath) every rank runs
 every stage together: GRPO on the trainer's engines (ddp | fsdp), SFT through TRL / accelerate
@@ -43,6 +50,7 @@ from pipelines.stages import STAGE_KINDS
 from pipelines.stages.common import is_stage_ref, ref_name
 
 COMMON_KEYS = ("name", "kind", "init", "report_to")  # report_to: this stage's trackers (default: the recipe's)
+BASE = "base"  # in eval_after: the recipe's model, before any stage
 
 
 @dataclass
@@ -126,7 +134,63 @@ def plan_stages(recipe: Recipe) -> list[PlannedStage]:
     by_name = {s.name: s for s in planned}
     for stage in planned:
         stage.config_hash = _config_hash(recipe, stage, by_name)
+    plan_evaluations(recipe, planned)  # eval_after names and settings checked with the rest
     return planned
+
+
+@dataclass
+class Evaluation:
+    """One eval_after measurement: the model of ``target`` (``base`` or a stage) on the eval set."""
+
+    target: str
+    stage: PlannedStage  # an eval stage that is not in the plan: init base / stages.<target>
+    reuse: str | None = None  # an eval stage of the recipe that evaluates this model with these settings
+
+    @property
+    def directory(self) -> str:
+        """Where its eval.json lies, relative to the run directory."""
+        return self.reuse or f"evals/{self.target}"
+
+
+def plan_evaluations(recipe: Recipe, plan: list[PlannedStage]) -> list[Evaluation]:
+    """The evaluations ``eval_after`` asks for, in pipeline order (base first)."""
+    from pipelines.stages.sampling import EvalConfig
+
+    evals = [s for s in plan if s.kind == "eval"]
+    settings = evals[-1].config if evals else EvalConfig()
+    has_eval_set = settings.data is not None or recipe.data.eval is not None
+    candidates = [BASE] + [s.name for s in plan if "model" in STAGE_KINDS[s.kind].produces]
+    if recipe.eval_after is None:
+        if not has_eval_set:
+            return []
+        targets = candidates
+    else:
+        kinds = {s.name: s.kind for s in plan}
+        for i, name in enumerate(recipe.eval_after):
+            if name in candidates:
+                continue
+            if name in kinds:
+                raise ConfigError(f"eval_after[{i}]: stage {name!r} ({kinds[name]}) produces no model to evaluate")
+            hint = nearest(name, candidates)
+            extra = f"did you mean {hint!r}? " if hint else ""
+            raise ConfigError(f"eval_after[{i}]: no stage {name!r}; {extra}expected base or one of: {', '.join(candidates[1:])}")
+        if recipe.eval_after and not has_eval_set:
+            raise ConfigError("eval_after: needs an eval set (data.eval, or an eval stage with data)")
+        targets = [c for c in candidates if c in recipe.eval_after]
+    if targets and is_stage_ref(settings.data):
+        raise ConfigError(
+            f"eval_after: the last eval stage reads {settings.data}, which not every model in eval_after can wait for; "
+            "give that stage a data spec, or set eval_after: []"
+        )
+    by_name = {s.name: s for s in plan}
+    out = []
+    for target in targets:
+        init = BASE if target == BASE else f"stages.{target}"
+        stage = PlannedStage(-1, f"eval_after.{target}", "eval", init, settings, [] if target == BASE else [target])
+        stage.config_hash = _config_hash(recipe, stage, by_name)
+        reuse = next((e.name for e in evals if e.init == init and e.config == settings), None)
+        out.append(Evaluation(target, stage, reuse))
+    return out
 
 
 def _check_reference(recipe: Recipe, names: list, i: int, label: str, ref: str, needs: str) -> None:
@@ -210,6 +274,7 @@ class Runner:
         self.run_dir = Path(run_dir or recipe.run_dir)
         self.plan = plan_stages(recipe)
         self.by_name = {s.name: s for s in self.plan}
+        self.evaluations = {e.target: e for e in plan_evaluations(recipe, self.plan)}
         self.progress = progress
         self.dist = None  # the run's processes (grpo.distributed.DataParallel), joined by run()
 
@@ -263,6 +328,17 @@ class Runner:
             elif entry["status"] == "running":
                 entry["status"] = "interrupted"  # the process that was running it is gone (killed)
             manifest["stages"].append(entry)
+        old_evals = {e["target"]: e for e in manifest.get("evaluations", [])}
+        manifest["evaluations"] = []
+        for ev in self.evaluations.values():
+            entry = {"target": ev.target, "dir": ev.directory, "config_hash": ev.stage.config_hash, "status": "pending"}
+            done = self._evaluation_done(ev)
+            if done:
+                entry.update({k: done[k] for k in ("metrics", "wall_time_s", "inputs", "finished") if k in done})
+                entry["status"] = "complete"
+            elif old_evals.get(ev.target, {}).get("status") == "failed" and old_evals[ev.target].get("config_hash") == ev.stage.config_hash:
+                entry.update(status="failed", error=old_evals[ev.target].get("error"))
+            manifest["evaluations"].append(entry)
         return manifest
 
     def save_manifest(self, manifest: dict) -> None:
@@ -337,16 +413,99 @@ class Runner:
             forced = {s.name for s in self.plan if s.index >= self.by_name[from_stage].index}
         if only:
             forced = {only}
+        if not only:
+            self._evaluate(BASE, manifest)
         for stage, entry in zip(self.plan, manifest["stages"]):
             if only and stage.name != only:
                 continue
             if dist.broadcast_object(bool(self.completed(stage)) and stage.name not in forced):  # rank 0 decides
                 if main:
                     print(f"[{stage.name}] complete (config {stage.config_hash}), skipped")
-                continue
-            self._run_stage(stage, entry, manifest)
+            else:
+                self._run_stage(stage, entry, manifest)
+                if main:
+                    self._note_reused_evaluations(stage.name, manifest)
+                    write_report(self.run_dir, manifest)
+            self._evaluate(stage.name, manifest, rerun=stage.name in forced)
+
+    # -- eval_after
+
+    def _evaluation_done(self, ev: Evaluation) -> dict | None:
+        """The stage.json of a completed evaluation of exactly this model and these settings."""
+        if ev.reuse:
+            return self.completed(self.by_name[ev.reuse])
+        path = self.run_dir / ev.directory / "stage.json"
+        if not path.exists():
+            return None
+        info = json.loads(path.read_text())
+        return info if info.get("config_hash") == ev.stage.config_hash else None
+
+    def _note_reused_evaluations(self, stage_name: str, manifest: dict) -> None:
+        """An eval stage of the recipe that an evaluation reuses has just completed: record it."""
+        for ev, entry in zip(self.evaluations.values(), manifest["evaluations"]):
+            done = self._evaluation_done(ev) if ev.reuse == stage_name else None
+            if done:
+                entry.update({**{k: done[k] for k in ("metrics", "wall_time_s", "inputs", "finished") if k in done}, "status": "complete"})
+        self.save_manifest(manifest)
+
+    def _evaluate(self, target: str, manifest: dict, rerun: bool = False) -> None:
+        """Evaluate the model after ``target`` when eval_after asks for it and it is not done yet.
+
+        The work is the eval stage kind's own (pipelines/stages/sampling.py), into
+        ``evals/.<target>.partial/``, renamed to ``evals/<target>/`` when complete.
+        """
+        from pipelines.report import write_report
+        from pipelines.stages.base import StageContext
+
+        ev = self.evaluations.get(target)
+        if ev is None or ev.reuse:  # not asked for, or the recipe's own eval stage measures this model
+            return
+        dist = self.dist
+        main = dist is None or dist.is_main
+        done = bool(self._evaluation_done(ev)) and not rerun
+        if dist is not None:
+            done = dist.broadcast_object(done)  # rank 0 decides
+        if done:
+            return
+        entry = next(e for e in manifest["evaluations"] if e["target"] == target)
+        model = self.recipe.model if target == BASE else self._output_path(target, "model")
+        work = self.run_dir / "evals" / f".{target}.partial"
+        if main:
+            if work.exists():
+                shutil.rmtree(work)  # an interrupted evaluation starts over, as the sampling stages do
+            work.mkdir(parents=True)
+            print(f"[eval_after {target}] evaluating {model} (config {ev.stage.config_hash})")
+            entry.update({"status": "running", "inputs": {"model": model}})
+            entry.pop("error", None)
+            self.save_manifest(manifest)
+        if dist is not None:
+            dist.barrier()  # the work directory exists before any rank writes into it
+        started = time.perf_counter()
+        ctx = StageContext(
+            name=ev.stage.name, config=ev.stage.config, recipe=self.recipe, work_dir=work, init_model=model,
+            data_path=None, resume=False, seed=self.recipe.seed, progress=self.progress,
+            dist=dist if dist is not None and dist.active else None,
+        )
+        try:
+            result = STAGE_KINDS["eval"]().run(ctx)
+        except BaseException as exc:
             if main:
-                write_report(self.run_dir, manifest)
+                entry.update({"status": "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", "error": f"{type(exc).__name__}: {exc}"})
+                self.save_manifest(manifest)
+            raise
+        if main:
+            info = {
+                "name": ev.stage.name, "kind": "eval", "config_hash": ev.stage.config_hash, "inputs": {"model": model},
+                "metrics": _jsonable(result.metrics), "wall_time_s": time.perf_counter() - started, "finished": _now(),
+            }
+            atomic_write_json(work / "stage.json", info)
+            self._move_into_place(f"evals/{target}", work)
+            entry.update({**{k: info[k] for k in ("metrics", "wall_time_s", "finished")}, "status": "complete"})
+            self.save_manifest(manifest)
+            write_report(self.run_dir, manifest)
+            print(f"[eval_after {target}] complete in {info['wall_time_s']:.0f} s")
+        if dist is not None:
+            dist.barrier()  # rank 0 has moved the evaluation into place
 
     def _run_stage(self, stage: PlannedStage, entry: dict, manifest: dict) -> None:
         from pipelines.stages.base import StageContext
@@ -413,7 +572,7 @@ class Runner:
         if final.exists():
             # An older result (other configuration, or --from): keep it, out of the way.
             old_hash = json.loads((final / "stage.json").read_text()).get("config_hash", "unknown") if (final / "stage.json").exists() else "unknown"
-            target = self.run_dir / "superseded" / f"{name}-{old_hash}-{int(time.time())}"
+            target = self.run_dir / "superseded" / f"{name.replace('/', '-')}-{old_hash}-{int(time.time())}"
             target.parent.mkdir(exist_ok=True)
             os.replace(final, target)
         os.replace(work, final)
@@ -428,6 +587,12 @@ class Runner:
             data = getattr(stage.config, "data", None)
             data_text = data if isinstance(data, str) else (data.source if data is not None else "(recipe default)")
             lines.append(f"{stage.index:<3} {stage.name:<22} {stage.kind:<20} {stage.init:<28} {str(data_text)[:28]:<28} {stage.config_hash:<16} {entry.get('status', 'pending')}")
+        if self.evaluations:
+            done = {e["target"]: e.get("status", "pending") for e in manifest.get("evaluations", [])}
+            lines += ["", "eval_after (the eval set, with the last eval stage's settings):"]
+            for ev in self.evaluations.values():
+                where = f"by stage {ev.reuse}" if ev.reuse else ev.directory
+                lines.append(f"    {ev.target:<22} {where:<28} {ev.stage.config_hash:<16} {done.get(ev.target, 'pending')}")
         return "\n".join(lines)
 
 

@@ -89,3 +89,39 @@ def test_ablation_errors_name_the_arm(tiny_model_dir, tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     with pytest.raises(ConfigError, match="arms.zero: needs an eval stage"):
         load_ablation(path)
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+SHIPPED = sorted(  # the ablation recipes (arms:) among the lab's recipes
+    str(p.relative_to(ROOT)) for p in (ROOT / "recipes" / "lab").glob("*.yaml") if "arms" in yaml.safe_load(p.read_text())
+)
+SHIPPED += ["recipes/r1_seeds.yaml", "recipes/ablation_gsm8k.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED)
+def test_shipped_ablation_recipes_load(path):
+    ablation, runs = load_ablation(ROOT / path)
+    assert len(runs) == len(ablation.arms) * len(ablation.seeds)
+
+
+def test_lc_reward_arms_differ_only_in_the_reward():
+    from pipelines.runner import plan_stages
+
+    _, runs = load_ablation(ROOT / "recipes" / "lab" / "lc_reward.yaml")
+    with_lc = next(r for r in runs if r.arm == "with_lc" and r.seed == 0).recipe
+    without = next(r for r in runs if r.arm == "without_lc" and r.seed == 0).recipe
+    assert with_lc.rewards["language_consistency"] == 0.5 and without.rewards["language_consistency"] == 0.0
+    assert with_lc.stages == without.stages and with_lc.grpo == without.grpo and with_lc.model == without.model
+    assert [s.config for s in plan_stages(with_lc)][0] == [s.config for s in plan_stages(without)][0]  # one cold start
+
+
+def test_objectives_arms_choose_the_objective():
+    from grpo.schema import to_dict
+
+    ablation, runs = load_ablation(ROOT / "recipes" / "lab" / "objectives.yaml")
+    chosen = {r.arm: (r.recipe.grpo.policy_loss, r.recipe.grpo.loss_aggregation, r.recipe.grpo.num_iterations) for r in runs}
+    assert chosen == {"grpo": ("clip", "grpo", 2), "dr_grpo": ("clip", "dr_grpo", 2), "gspo": ("gspo", "grpo", 2), "cispo": ("cispo", "dapo", 2)}
+    base = {k: v for k, v in to_dict(runs[0].recipe.grpo).items()}
+    for run in runs:  # everything else the same
+        other = to_dict(run.recipe.grpo)
+        assert {k for k in base if base[k] != other[k]} <= {"policy_loss", "loss_aggregation", "advantage_estimator", "epsilon_low", "epsilon_high"}

@@ -497,6 +497,11 @@ def test_grpo_run_in_two_processes_shards_sampling_and_runs_sft(setup, tmp_path)
     assert (two / "sft" / "final" / "model.safetensors").exists()
     manifest = yaml.safe_load((two / "manifest.json").read_text())
     assert [s["status"] for s in manifest["stages"]] == ["complete"] * 3
+    # eval_after (every model by default): the eval stage measures the base; the SFT model is
+    # evaluated by both processes, its figures written once
+    assert [(e["target"], e["dir"], e["status"]) for e in manifest["evaluations"]] == [
+        ("base", "eval", "complete"), ("sft", "evals/sft", "complete")]
+    assert yaml.safe_load((two / "evals" / "sft" / "eval.json").read_text())["num_samples"] == 12
 
 
 SHARDED_WEIGHTS_SCRIPT = r'''

@@ -1,10 +1,17 @@
-"""The lab's R1-Zero vs R1 ablation at its smallest setting: the direction of the paper's effects.
+"""The lab's language-consistency ablation at its smallest setting: what RL itself does.
 
-`recipes/lab/r1_zero_vs_r1.yaml` as shipped, shrunk in every budget (a smaller lab model, fewer
-steps, prompts and seeds) but not in kind: the same arms, stages, rewards and evaluation. Over
-both seeds, the R1 arm (cold start + language-consistency reward) must write single-language,
-well-formatted solutions far more often than the R1-Zero arm (pure RL on accuracy + format).
-A few minutes on 2 CPU cores.
+`recipes/lab/lc_reward.yaml` as shipped, shrunk in every budget (a smaller lab model, fewer
+steps, prompts and seeds, a shorter cold start) but not in kind: two arms that share one
+cold-started model and differ only in the language-consistency reward during RL. eval_after
+measures the cold-started model and the model after RL on the same held-out prompts, so what
+changed between them is RL's doing, not the SFT data's: per seed, RL on accuracy + format
+raises the format rate well above the cold start's.
+
+At this size the language-consistency margin between the arms is not asserted: with the CI
+model and 12 steps it was +0.04 per seed (0.532 vs 0.491, 0.510 vs 0.473), the size of the
+eval set's noise, and larger budgets (24 steps × 8 prompts, or learning rates up to 1e-3) did
+not make it reliable. The shipped recipe shows it (+0.19 over 3 seeds; README). About a minute
+on 2 CPU cores, plus the CI lab model that tests/test_lab.py builds too.
 """
 
 import json
@@ -17,41 +24,55 @@ from pipelines.ablation import run_ablation
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes" / "lab"
 
-#: Cold-start epochs: the smaller model needs more passes over the 256 solutions than the recipe's 2.
-CI_COLD_START_EPOCHS = 4
+#: The CI budget. The cold start is short so that it leaves the format half learnt (0.40–0.46):
+#: RL has something to change (the shipped recipe's 2 epochs on the full lab model reach 0.90).
+CI_COLD_START = {"epochs": 1}
+CI_GRPO = {"steps": 12, "prompts_per_step": 4}
+CI_EVAL_PROMPTS, CI_EVAL_SAMPLES = 24, 2
 
 
-def _shrunk_recipe(model_dir: Path, out: Path) -> dict:
-    ablation = yaml.safe_load((RECIPES / "r1_zero_vs_r1.yaml").read_text())
+def shrunk_recipe(model_dir: Path, out: Path, seeds=(0, 1)) -> dict:
+    ablation = yaml.safe_load((RECIPES / "lc_reward.yaml").read_text())
     base = yaml.safe_load((RECIPES / ablation["base"]).read_text())
     base["model"] = str(model_dir)
-    base["grpo"].update(steps=12, prompts_per_step=4, save_every=100, progress=False)
-    base["data"]["eval"]["size"] = 24
+    base["grpo"].update(save_every=100, progress=False, **CI_GRPO)
+    base["data"]["eval"]["size"] = CI_EVAL_PROMPTS
     for overlay in ablation["arms"].values():
         for stage in overlay["stages"]:
             if stage["kind"] == "sft":
-                stage["sft"]["epochs"] = CI_COLD_START_EPOCHS
+                stage["sft"].update(CI_COLD_START)
             if stage["kind"] == "eval":
-                stage["samples_per_prompt"] = 2
-    return {**ablation, "base": base, "seeds": [0, 1], "output_dir": str(out)}
+                stage["samples_per_prompt"] = CI_EVAL_SAMPLES
+    return {**ablation, "base": base, "seeds": list(seeds), "output_dir": str(out)}
+
+
+def stage_figures(out: Path, arm: str, seed: int) -> dict[str, dict]:
+    """eval_after's figures of one run: model (cold_start, reasoning_rl) -> eval.json."""
+    run = out / arm / f"seed-{seed}"
+    manifest = json.loads((run / "manifest.json").read_text())
+    return {e["target"]: json.loads((run / e["dir"] / "eval.json").read_text()) for e in manifest["evaluations"]}
 
 
 @pytest.mark.slow
-def test_lab_r1_beats_r1_zero_on_language_consistency_and_format(ci_lab_model, tmp_path):
+def test_lab_rl_from_the_shared_cold_start_teaches_the_format(ci_lab_model, tmp_path):
+    out = tmp_path / "out"
     recipe = tmp_path / "ablation.yaml"
-    recipe.write_text(yaml.safe_dump(_shrunk_recipe(ci_lab_model, tmp_path / "out"), allow_unicode=True))
+    recipe.write_text(yaml.safe_dump(shrunk_recipe(ci_lab_model, out), allow_unicode=True))
 
     report = run_ablation(recipe, progress=False)
 
-    results = json.loads((tmp_path / "out" / "ablation.json").read_text())
-    zero, r1 = results["r1_zero"]["seeds"], results["r1"]["seeds"]
-    assert set(zero) == set(r1) == {"0", "1"}
-    for seed in ("0", "1"):
-        # Pure RL keeps mixing languages; the cold start and the consistency reward stop it.
-        assert r1[seed]["language_consistency"] > zero[seed]["language_consistency"] + 0.15, (seed, zero[seed], r1[seed])
-        # At this budget pure RL has barely begun to learn the tags the cold start teaches outright.
-        assert r1[seed]["format_rate"] > zero[seed]["format_rate"] + 0.3, (seed, zero[seed], r1[seed])
-    # The R1-Zero arm logged language consistency during RL (weight 0: measured, not trained on).
-    metrics = [json.loads(line) for line in open(tmp_path / "out" / "r1_zero" / "seed-0" / "reasoning_rl" / "metrics.jsonl")]
+    for seed in (0, 1):
+        without, with_lc = stage_figures(out, "without_lc", seed), stage_figures(out, "with_lc", seed)
+        # The same cold-started model: the arms differ from here on only in the RL reward.
+        cold = without["cold_start"]
+        assert with_lc["cold_start"] == {**cold, "model": with_lc["cold_start"]["model"]}
+        after = without["reasoning_rl"]
+        # RL on accuracy + format teaches the format the short cold start left half learnt
+        # (measured: +0.21 and +0.25); a broken update (e.g. advantages of the wrong sign) does not.
+        assert cold["format_rate"] < 0.7, cold
+        assert after["format_rate"] > cold["format_rate"] + 0.1, (seed, cold, after)
+    # The arm without the reward logged it during RL (weight 0: measured, not trained on).
+    metrics = [json.loads(line) for line in open(out / "without_lc" / "seed-0" / "reasoning_rl" / "metrics.jsonl")]
     assert all("rewards/language_consistency/mean" in m for m in metrics)
-    assert "| r1_zero |" in report.read_text() and (tmp_path / "out" / "ablation.png").stat().st_size > 10_000
+    text = report.read_text()
+    assert "| with_lc |" in text and "## After every stage" in text and (out / "ablation.png").stat().st_size > 10_000

@@ -12,7 +12,7 @@ from grpo.trainer import completion_logprobs
 PROMPTS = ["<|user|>\nWhat is 3 + 4?</s>\n<|assistant|>\n", "<|user|>\nhi</s>\n<|assistant|>\n"]
 
 
-def all_at_once(model, batch, temperature):
+def all_at_once(model, batch, temperature, entropy_grad=False):
     """What completion_logprobs computed before chunking: every position's logits at once."""
     input_ids = torch.cat([batch.prompt_ids, batch.completion_ids], dim=1)
     attention = torch.cat([batch.prompt_mask, batch.completion_mask], dim=1)
@@ -23,7 +23,7 @@ def all_at_once(model, batch, temperature):
     log_norm = torch.logsumexp(logits, dim=-1)
     logp = logits.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1) - log_norm
     entropy = log_norm - (torch.softmax(logits, dim=-1) * logits).sum(-1)
-    return logp, entropy.detach()
+    return logp, entropy if entropy_grad else entropy.detach()
 
 
 @pytest.fixture(scope="module")
@@ -72,4 +72,23 @@ def test_chunks_give_the_same_numbers_and_gradients(setup, group_size, monkeypat
         tokens = int(mask.sum())
         recomputed = tokens if chunk_tokens < tokens else 0  # several chunks: each is recomputed in the backward pass
         assert max(sizes) <= chunk_tokens and sum(sizes) == tokens + recomputed
+    model.eval()
+
+
+def test_entropy_gradient_is_the_same_in_chunks(setup):
+    """The entropy bonus (entropy_coef) needs the entropy's gradient: in chunks (each recomputed in
+    the backward pass) it is the gradient of all logits at once; without entropy_grad, none."""
+    model, rollout = setup
+    model.train()
+    mask = rollout.completion_mask.float()
+    ref_grads = grads(model, all_at_once(model, rollout, 0.7, entropy_grad=True)[1], mask)
+    vocab = model.lm_head.out_features
+    for chunk_tokens in (1, 10_000):
+        _, entropy = completion_logprobs(model, rollout, slice(0, 8), 0.7, with_entropy=True, group_size=4,
+                                         entropy_grad=True, chunk_mib=chunk_tokens * 4 * vocab / 2**20)
+        got = grads(model, entropy, mask)
+        for name, g in ref_grads.items():
+            assert (got[name] - g).abs().max() <= 1e-5 * g.abs().max(), (chunk_tokens, name)
+    _, detached = completion_logprobs(model, rollout, slice(0, 8), 0.7, with_entropy=True, group_size=4, chunk_mib=4 * vocab / 2**20)
+    assert not detached.requires_grad
     model.eval()

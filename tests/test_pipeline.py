@@ -84,12 +84,32 @@ def test_r1_recipe_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert (run / "curves.png").stat().st_size > 10_000 and (run / "recipe.resolved.yaml").exists()
     assert not list(run.glob(".*.partial"))
 
+    # eval_after (default: all): the base and every model-producing stage on the eval set, with the
+    # eval stage's settings; final_rl's model is the eval stage's own, so it is not evaluated twice.
+    evaluated = ["base", "cold_start", "reasoning_rl", "sft_rs", "final_rl"]
+    assert [e["target"] for e in manifest["evaluations"]] == evaluated
+    assert all(e["status"] == "complete" for e in manifest["evaluations"])
+    assert sorted(p.name for p in (run / "evals").iterdir()) == sorted(evaluated[:-1])
+    assert manifest["evaluations"][-1]["dir"] == "eval"
+    after_rl = json.loads((run / "evals" / "reasoning_rl" / "eval.json").read_text())
+    assert after_rl["model"] == str(run / "reasoning_rl" / "final") and after_rl["samples_per_prompt"] == 2
+    assert json.loads((run / "evals" / "base" / "eval.json").read_text())["model"] == str(tiny_model_dir)
+    # report.md opens with the table, one row per model, the figures from those eval.json files.
+    lines = report.splitlines()
+    assert lines[2].startswith("## What each stage did: the eval set (4 prompts × 2 samples)")
+    assert lines[4] == "| model after | pass@1 | maj@2 | format rate | language consistency | length |"
+    assert [line.split(" | ")[0].lstrip("| ") for line in lines[6:11]] == evaluated
+    assert lines[8] == (f"| reasoning_rl | {after_rl['pass@1']:.3f} | {after_rl['maj@k']:.3f} | {after_rl['format_rate']:.3f} | "
+                        f"{after_rl['language_consistency']:.3f} | {after_rl['mean_length']:.1f} |")
+    assert (run / "evals.png").stat().st_size > 10_000 and "![after every stage](evals.png)" in report
+
     # Run again: every stage is complete with the same configuration, so nothing is redone.
-    before = {n: (run / n / "stage.json").stat().st_mtime_ns for n in names}
+    before = {n: (run / n / "stage.json").stat().st_mtime_ns for n in names + [f"evals/{t}" for t in evaluated[:-1]]}
     capsys.readouterr()
     assert main(["run", str(recipe_path)]) == 0
-    assert capsys.readouterr().out.count("skipped") == 6
-    assert before == {n: (run / n / "stage.json").stat().st_mtime_ns for n in names}
+    out = capsys.readouterr().out
+    assert out.count("skipped") == 6 and "eval_after" not in out
+    assert before == {n: (run / n / "stage.json").stat().st_mtime_ns for n in before}
 
     # Change final_rl's config: it and eval rerun, earlier stages are kept; the old result is kept aside.
     assert main(["run", str(recipe_path), "--set", "stages.4.grpo.steps=1"]) == 0
@@ -97,6 +117,40 @@ def test_r1_recipe_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert [s["name"] for s in after["stages"] if s.get("resumed") is not None and s["finished"] != by[s["name"]]["finished"]] == ["final_rl", "eval"]
     assert len(list((run / "superseded").iterdir())) == 2
     assert before["cold_start"] == (run / "cold_start" / "stage.json").stat().st_mtime_ns
+    assert before["evals/sft_rs"] == (run / "evals" / "sft_rs" / "stage.json").stat().st_mtime_ns
+
+
+def test_eval_after_chooses_the_models(tiny_model_dir, tmp_path):
+    recipe = tiny_recipe(tiny_model_dir, tmp_path / "run")
+    recipe["stages"] = recipe["stages"][:2]  # cold start, reasoning RL: no eval stage of its own
+    recipe["eval_after"] = ["reasoning_rl", "base"]
+    manifest = Runner(load_recipe(write(tmp_path / "r.yaml", recipe)), progress=False).run()
+    assert [(e["target"], e["dir"], e["status"]) for e in manifest["evaluations"]] == [
+        ("base", "evals/base", "complete"), ("reasoning_rl", "evals/reasoning_rl", "complete")]  # pipeline order
+    summary = json.loads((tmp_path / "run" / "evals" / "reasoning_rl" / "eval.json").read_text())
+    assert summary["num_prompts"] == 4 and summary["samples_per_prompt"] == 4  # no eval stage: EvalConfig defaults, data.eval
+    assert "| reasoning_rl |" in (tmp_path / "run" / "report.md").read_text()
+    # eval_after: [] turns it off; the report has no such table.
+    recipe.update(eval_after=[], output_dir=str(tmp_path / "off"), stages=recipe["stages"][:1])
+    manifest = Runner(load_recipe(write(tmp_path / "off.yaml", recipe)), progress=False).run()
+    assert manifest["evaluations"] == [] and not (tmp_path / "off" / "evals").exists()
+    assert "What each stage did" not in (tmp_path / "off" / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "eval_after, edit, message",
+    [
+        (["reasoning_lr"], None, "eval_after[0]: no stage 'reasoning_lr'; did you mean 'reasoning_rl'?"),
+        (["base", "rejection_sampling"], None, "eval_after[1]: stage 'rejection_sampling' (rejection_sampling) produces no model to evaluate"),
+        (["base"], lambda r: r["data"].pop("eval") and r["stages"].pop(), "eval_after: needs an eval set (data.eval, or an eval stage with data)"),
+    ],
+)
+def test_eval_after_errors(tiny_model_dir, tmp_path, eval_after, edit, message):
+    def change(recipe):
+        recipe["eval_after"] = eval_after
+        if edit:
+            edit(recipe)
+    assert message in _plan_error(tiny_model_dir, tmp_path, change)
 
 
 def _plan_error(model_dir, tmp_path, edit) -> str:

@@ -106,20 +106,77 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_model_dir, tmp_path, monkey
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+#: Completion lengths the rollouts are cut to in the accumulation test (a random tiny model never
+#: ends a completion by itself): short and long rows in every micro-batch of 2.
+CUT_LENGTHS = [40, 3, 25, 9, 2, 33, 14, 40]
+
+
 def _one_step_grads(model_dir, out, **overrides):
     trainer = make_trainer(model_dir, out, steps=1, **overrides)
-    trainer.step(1)  # with μ = 1 the .grad fields keep the step's (accumulated) gradient
-    return {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    rollouts = []
+    real_generate = trainer.engine.generate
+
+    def cut(*args, **kwargs):
+        rollout = real_generate(*args, **kwargs)
+        for i, n in enumerate(CUT_LENGTHS):  # as if row i had ended after n tokens
+            rollout.completion_mask[i, n:] = 0
+            rollout.truncated[i] = n == rollout.completion_ids.shape[1]
+        rollouts.append(rollout)
+        return rollout
+
+    trainer.engine.generate = cut
+    metrics, _ = trainer.step(1)  # with μ = 1 the .grad fields keep the step's (accumulated) gradient
+    grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
+    return grads, metrics["grad_norm"], rollouts[0].lengths
 
 
-@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
-def test_gradient_accumulation_gives_the_same_gradient(tiny_model_dir, tmp_path, aggregation):
-    one = _one_step_grads(tiny_model_dir, tmp_path / "one", loss_aggregation=aggregation)
-    four = _one_step_grads(tiny_model_dir, tmp_path / "four", loss_aggregation=aggregation, gradient_accumulation_steps=4)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"loss_aggregation": "grpo"},
+        {"loss_aggregation": "dapo"},
+        {"loss_aggregation": "dr_grpo"},
+        {"loss_aggregation": "grpo", "policy_loss": "gspo"},
+        {"loss_aggregation": "dapo", "policy_loss": "cispo"},
+        {"loss_aggregation": "grpo", "policy_loss": "sapo", "entropy_coef": 0.01},
+    ],
+    ids=["grpo", "dapo", "dr_grpo", "gspo", "cispo", "sapo+entropy"],
+)
+def test_gradient_accumulation_gives_the_same_gradient(tiny_model_dir, tmp_path, settings):
+    # No gradient clipping: clipping rescales a too-large gradient to norm 1, which would hide a
+    # micro-batch normalisation that is off by a constant factor. Completions of different
+    # lengths, so that per-sequence and per-token normalisations differ.
+    kw = dict(max_grad_norm=None, max_new_tokens=40, **settings)
+    one, norm_one, lengths = _one_step_grads(tiny_model_dir, tmp_path / "one", **kw)
+    four, norm_four, _ = _one_step_grads(tiny_model_dir, tmp_path / "four", gradient_accumulation_steps=4, **kw)
+    assert len(set(lengths.tolist())) > 2, lengths  # the premise: lengths differ within the batch
+    assert norm_four == pytest.approx(norm_one, rel=1e-4) and norm_one > 1e-3  # a real gradient, the same size
     assert one.keys() == four.keys() and len(one) > 5
     for k in one:
         assert torch.allclose(one[k], four[k], atol=1e-6, rtol=1e-4), k
-    assert any(g.abs().max() > 1e-4 for g in one.values())  # a real gradient, not zeros
+
+
+def test_entropy_bonus_reaches_the_gradient(tiny_model_dir, tmp_path):
+    plain, _, _ = _one_step_grads(tiny_model_dir, tmp_path / "plain", max_grad_norm=None)
+    bonus, _, _ = _one_step_grads(tiny_model_dir, tmp_path / "bonus", max_grad_norm=None, entropy_coef=0.5)
+    moved = max((plain[k] - bonus[k]).abs().max().item() for k in plain)
+    assert moved > 1e-4  # the entropy's own gradient was added (a detached entropy would add nothing)
+
+
+def test_gdpo_gets_each_reward_functions_values(tiny_model_dir, tmp_path, monkeypatch):
+    import grpo.trainer as trainer_module
+
+    calls = []
+    real = trainer_module.compute_advantages
+    monkeypatch.setattr(trainer_module, "compute_advantages", lambda *a, **k: calls.append(a) or real(*a, **k))
+    model, tok = load_model_and_tokenizer(tiny_model_dir)
+    chars = lambda prompts, completions, **_: [float(len(c)) for c in completions]  # noqa: E731
+    terms = [RewardTerm("digits", digit_share, 1.0), RewardTerm("chars", chars, 0.5)]
+    cfg = GRPOConfig(steps=1, prompts_per_step=2, group_size=4, max_new_tokens=12, advantage_estimator="gdpo", beta=0.0, progress=False)
+    GRPOTrainer(model, tok, terms, make_rows(tok), cfg, tmp_path, seed=0).step(1)
+    rewards, group_size, estimator, _, per_reward, weights = calls[0]
+    assert estimator == "gdpo" and group_size == 4 and per_reward.shape == (8, 2) and weights.tolist() == [1.0, 0.5]
+    assert torch.allclose(rewards, per_reward[:, 0] + 0.5 * per_reward[:, 1])  # the table the total was summed from
 
 
 def test_multiple_iterations_clip_and_log(tiny_model_dir, tmp_path):

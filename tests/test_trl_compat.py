@@ -135,6 +135,12 @@ def test_each_trl_field_is_accepted_mapped_or_refused_naming_ours(capsys):
         ("disable_tqdm", True, ("progress", False)),
         ("save_total_limit", 3, ("keep_checkpoints", 3)),
         ("max_steps", 20, ("steps", 20)),
+        ("loss_type", "cispo", ("policy_loss", "cispo")),
+        ("loss_type", "sapo", ("policy_loss", "sapo")),
+        ("importance_sampling_level", "sequence", ("policy_loss", "gspo")),
+        ("multi_objective_aggregation", "normalize_then_sum", ("advantage_estimator", "gdpo")),
+        ("sapo_temperature_neg", 2.0, ("sapo_temperature_neg", 2.0)),
+        ("entropy_coef", 0.01, ("entropy_coef", 0.01)),
         ("vllm_importance_sampling_correction", False, ("rollout_correction", "none")),
         ("vllm_importance_sampling_mode", "token_truncate", ("rollout_correction", "tis")),
         ("vllm_importance_sampling_mode", "sequence_mask", ("rollout_correction", "mis")),
@@ -149,12 +155,13 @@ def test_values_are_translated(key, value, expect):
 @pytest.mark.parametrize(
     "section, message",
     [
-        ({"loss_type": "sapo"}, "grpo.loss_type: 'sapo': not available here; grpo.loss_aggregation takes grpo, bnpo, dr_grpo or dapo"),
+        ({"loss_type": "luspo"}, "grpo.loss_type: 'luspo': not available here; grpo.loss_aggregation takes grpo, bnpo, dr_grpo or dapo, grpo.policy_loss"),
         ({"lr_scheduler_type": "polynomial"}, "grpo.lr_scheduler_type: 'polynomial': not available here; grpo.lr_scheduler takes"),
         ({"save_steps": 0.1}, "grpo.save_steps: 0.1 is a ratio of the run in TRL; give save_steps as a number of steps"),
         ({"num_generations": 4, "group_size": 4}, "grpo.num_generations: TRL's name for grpo.group_size, which is also given; keep group_size"),
         ({"report_to": "wandb"}, "grpo.report_to: TRL's setting; experiment trackers are the recipe's top-level report_to"),
-        ({"importance_sampling_level": "sequence"}, "sequence-level ratios (GSPO) are not available"),
+        ({"loss_type": "cispo", "importance_sampling_level": "sequence"},
+         "grpo.importance_sampling_level: sets grpo.policy_loss to 'gspo', another of TRL's keys set it to 'cispo'"),
         ({"vllm_importance_sampling_mode": "token_mask"}, "grpo.vllm_importance_sampling_mode: 'token_mask': not available here; grpo.rollout_correction takes tis"),
         ({"vllm_importance_sampling_correction": False, "vllm_importance_sampling_mode": "token_truncate"},
          "grpo.vllm_importance_sampling_mode: sets grpo.rollout_correction to 'tis', another of TRL's keys set it to 'none'"),
@@ -165,6 +172,16 @@ def test_what_we_do_not_have_is_refused_naming_ours(section, message):
     with pytest.raises(ConfigError) as info:
         from_dict(GRPOConfig, section, "grpo")
     assert message in str(info.value)
+
+
+def test_trl_policy_losses_take_trls_aggregation_and_cispo_bound(capsys):
+    # TRL aggregates cispo by the token mean (dapo) and sapo by the sequence mean (grpo); TRL's
+    # epsilon_high for cispo is the weight bound itself, ours bounds at 1 + epsilon_high.
+    cispo = from_dict(GRPOConfig, {"loss_type": "cispo", "epsilon_high": 5.0}, "grpo")
+    assert (cispo.policy_loss, cispo.loss_aggregation, cispo.epsilon_high) == ("cispo", "dapo", 4.0)
+    assert "grpo.epsilon_high: TRL's bound of cispo's weights; read as grpo.epsilon_high: 4.0" in capsys.readouterr().err
+    sapo = from_dict(GRPOConfig, {"loss_type": "sapo", "epsilon_high": 0.28}, "grpo")
+    assert (sapo.policy_loss, sapo.loss_aggregation, sapo.epsilon_high) == ("sapo", "grpo", 0.28)
 
 
 def test_a_stage_grpo_section_takes_trl_names_too(tmp_path):

@@ -171,7 +171,7 @@ def test_4_trl_names_are_read_as_ours_or_refused_naming_ours(tmp_path, capsys):
     for key, value, ours in [
         ("per_device_train_batch_size", 8, "grpo.prompts_per_step"),
         ("bf16", True, "write precision: bf16-mixed"),
-        ("loss_type", "cispo", "grpo.loss_aggregation takes grpo, bnpo, dr_grpo or dapo"),
+        ("loss_type", "luspo", "grpo.loss_aggregation takes grpo, bnpo, dr_grpo or dapo, grpo.policy_loss clip, gspo, cispo or sapo"),
         ("seed", 42, "top-level seed"),
     ]:
         bad = recipe_dict("smollm2-135m-instruct", tmp_path / "run", grpo={key: value})
