@@ -60,17 +60,14 @@ from typing import Callable
 
 import torch
 
+from grpo.registry import registrar
+
 # --- KL estimators ---------------------------------------------------------------------------
 
 KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
 
 
-def register_kl(name: str):
-    def wrap(fn):
-        KL_ESTIMATORS[name] = fn
-        return fn
-
-    return wrap
+register_kl = registrar(KL_ESTIMATORS)
 
 
 @register_kl("k1")
@@ -136,14 +133,8 @@ class BatchShape:
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, BatchShape], torch.Tensor]] = {}
 
 
-def register_aggregation(name: str):
-    """Register ``fn(per_token_loss[n, T], mask[n, T], batch: BatchShape) -> scalar``."""
-
-    def wrap(fn):
-        AGGREGATIONS[name] = fn
-        return fn
-
-    return wrap
+#: ``@register_aggregation(name)`` on ``fn(per_token_loss[n, T], mask[n, T], batch: BatchShape) -> scalar``.
+register_aggregation = registrar(AGGREGATIONS)
 
 
 @register_aggregation("grpo")
@@ -204,19 +195,10 @@ PolicyLossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
 POLICY_LOSSES: dict[str, PolicyLossFn] = {}
 
 
-def register_policy_loss(name: str):
-    """Register ``fn(logp[n, T], old_logp[n, T], advantages[n, 1] or [n, T], mask[n, T], settings) -> PolicyTerm``.
-
-    ``old_logp`` is always a tensor (π_θ detached when μ = 1). The function gives the policy
-    term only: :func:`policy_loss` adds β·KL and the entropy bonus and aggregates, the same for
-    every registered loss.
-    """
-
-    def wrap(fn: PolicyLossFn) -> PolicyLossFn:
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return wrap
+#: ``@register_policy_loss(name)`` on ``fn(logp[n, T], old_logp[n, T], advantages[n, 1] or [n, T], mask[n, T], settings) -> PolicyTerm``.
+#: ``old_logp`` is always a tensor (π_θ detached when μ = 1). The function gives the policy term
+#: only: :func:`policy_loss` adds β·KL and the entropy bonus and aggregates, the same for every loss.
+register_policy_loss = registrar(POLICY_LOSSES)
 
 
 def _clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, s: PolicyLossSettings) -> PolicyTerm:

@@ -22,6 +22,8 @@ from typing import Callable
 
 import torch
 
+from grpo.registry import registrar
+
 
 @dataclass
 class Rollout:
@@ -97,12 +99,7 @@ class SamplingParams:
 ROLLOUT_ENGINES: dict[str, Callable[..., "RolloutEngine"]] = {}
 
 
-def register_rollout_engine(name: str):
-    def wrap(cls):
-        ROLLOUT_ENGINES[name] = cls
-        return cls
-
-    return wrap
+register_rollout_engine = registrar(ROLLOUT_ENGINES)
 
 
 def get_rollout_engine(name: str, model, tokenizer, compute_dtype: torch.dtype | None = None) -> "RolloutEngine":

@@ -34,6 +34,8 @@ from typing import Callable
 
 import torch
 
+from grpo.registry import registrar
+
 __all__ = [
     "ROLLOUT_CORRECTIONS",
     "register_rollout_correction",
@@ -46,14 +48,8 @@ __all__ = [
 ROLLOUT_CORRECTIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, dict]]] = {}
 
 
-def register_rollout_correction(name: str):
-    """Register ``fn(log_ratio[n, T] (masked: 0 off the mask), mask[n, T], cap) -> (weights[n, T], stats)``."""
-
-    def wrap(fn):
-        ROLLOUT_CORRECTIONS[name] = fn
-        return fn
-
-    return wrap
+#: ``@register_rollout_correction(name)`` on ``fn(log_ratio[n, T] (masked: 0 off the mask), mask[n, T], cap) -> (weights[n, T], stats)``.
+register_rollout_correction = registrar(ROLLOUT_CORRECTIONS)
 
 
 @register_rollout_correction("none")

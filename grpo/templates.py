@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from grpo.registry import registrar
+
 __all__ = [
     "TemplateSpec",
     "TEMPLATES",
@@ -63,19 +65,10 @@ Renderer = Callable[[dict, TemplateSpec, Any], str]
 TEMPLATES: dict[str, Renderer] = {}
 
 
-def register_template(name: str) -> Callable[[Renderer], Renderer]:
-    """Decorator registering ``fn(row, spec, tokenizer) -> str`` as template kind ``name``.
-
-    The renderer receives the whole row (``prompt``, ``language``, ...) and the spec, and is
-    responsible for honouring ``spec.system``, ``spec.instruction`` (see :func:`user_text`)
-    and ``spec.open_think``.
-    """
-
-    def decorator(fn: Renderer) -> Renderer:
-        TEMPLATES[name] = fn
-        return fn
-
-    return decorator
+#: ``@register_template(name)`` on ``fn(row, spec, tokenizer) -> str``, template kind ``name``. The
+#: renderer receives the whole row (``prompt``, ``language``, ...) and the spec, and honours
+#: ``spec.system``, ``spec.instruction`` (see :func:`user_text`) and ``spec.open_think``.
+register_template = registrar(TEMPLATES)
 
 
 # The R1-Zero template (DeepSeek-R1 paper, Table 1). {prompt} is the user question.

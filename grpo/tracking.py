@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from grpo.registry import registrar
+
 __all__ = [
     "TRACKERS", "TrackingSettings", "Tracker", "TrackerLogger", "register_tracker", "check_trackers", "open_trackers",
     "numeric_metrics", "completion_table", "trainer_callback",
@@ -78,15 +80,8 @@ class Tracker:
 TRACKERS: dict[str, type[Tracker]] = {}
 
 
-def register_tracker(name: str):
-    """Register a :class:`Tracker` subclass under ``name`` (``report_to: [name]``)."""
-
-    def wrap(cls):
-        cls.name = name
-        TRACKERS[name] = cls
-        return cls
-
-    return wrap
+#: ``@register_tracker(name)`` on a :class:`Tracker` subclass (``report_to: [name]``); sets its ``name``.
+register_tracker = registrar(TRACKERS, name_attr="name")
 
 
 def _key(namespace: str, key: str) -> str:

@@ -17,16 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from grpo.registry import registrar
+
 STAGE_KINDS: dict[str, type["Stage"]] = {}
 
 
-def register_stage(kind: str):
-    def wrap(cls):
-        cls.kind = kind
-        STAGE_KINDS[kind] = cls
-        return cls
-
-    return wrap
+#: ``@register_stage(kind)`` on a :class:`Stage` subclass; sets its ``kind``.
+register_stage = registrar(STAGE_KINDS, name_attr="kind")
 
 
 @dataclass
