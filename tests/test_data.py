@@ -28,9 +28,13 @@ def test_gsm8k_first_rows():
     assert rows[0]["prompt"].startswith("Natalia sold clips to 48 of her friends in April")
     assert rows[0]["solution"] == "72"
     assert [r["solution"] for r in rows[:2]] == ["72", "10"]
-    assert set(rows[0]) == {"prompt", "solution"}
+    # The source's own columns stay beside the normalised ones (reward functions receive them as
+    # keyword arguments); the raw GSM8K answer keeps its worked solution and "#### 72".
+    assert set(rows[0]) == {"prompt", "solution", "question", "answer"}
+    assert rows[0]["question"] == rows[0]["prompt"] and rows[0]["answer"].endswith("#### 72")
     # Shuffling is deterministic per seed and changes the order.
     a = load_rows(DataSpec(source=str(GSM8K), size=5, shuffle=True, seed=1))
+    assert set(a[0]) == set(rows[0])  # the shuffle's row-index column does not leak
     assert a == load_rows(DataSpec(source=str(GSM8K), size=5, shuffle=True, seed=1))
     assert a != rows and a != load_rows(DataSpec(source=str(GSM8K), size=5, shuffle=True, seed=2))
 
